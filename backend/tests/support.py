@@ -1,0 +1,202 @@
+"""Test helpers: signed tokens, a JWKS server, a real uvicorn server for an app, throwaway databases."""
+
+import base64
+import contextlib
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import jwt
+import sqlalchemy as sa
+import uvicorn
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from sqlalchemy.engine import make_url
+
+from todo_api.config import Settings
+from todo_api.db import normalise_url
+from todo_api.main import create_app
+
+SECRET = "test-secret-" + "x" * 40
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def hs256(sub: str | None = "alice", *, secret: str = SECRET, **claims: Any) -> str:
+    now = int(time.time())
+    payload: dict[str, Any] = {"sub": sub, "iat": now, "exp": now + 900, **claims}
+    payload = {key: value for key, value in payload.items() if value is not None}
+    return jwt.encode(payload, secret.encode(), algorithm="HS256")
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def auth(sub: str) -> dict[str, str]:
+    return bearer(hs256(sub))
+
+
+@dataclass
+class SigningKey:
+    kid: str
+    private: ed25519.Ed25519PrivateKey = field(default_factory=ed25519.Ed25519PrivateKey.generate)
+
+    def jwk(self) -> dict[str, str]:
+        raw = self.private.public_key().public_bytes_raw()
+        x = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+        return {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": self.kid, "alg": "EdDSA"}
+
+    def sign(self, sub: str | None, issuer: str, **claims: Any) -> str:
+        now = int(time.time())
+        payload = {"sub": sub, "iat": now, "exp": now + 900, "iss": issuer, "aud": issuer, **claims}
+        payload = {key: value for key, value in payload.items() if value is not None}
+        return jwt.encode(payload, self.private, algorithm="EdDSA", headers={"kid": self.kid})
+
+
+class JwksServer:
+    """Serves {base}/api/auth/jwks like Better Auth; can be taken down and counts its fetches."""
+
+    def __init__(self) -> None:
+        self.keys: list[SigningKey] = [SigningKey(kid="key-1")]
+        self.up = True
+        self.fetches = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.fetches += 1
+                if not outer.up or self.path != "/api/auth/jwks":
+                    self.send_error(503 if not outer.up else 404)
+                    return
+                body = json.dumps({"keys": [key.jwk() for key in outer.keys]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def sign(self, sub: str | None = "alice", **claims: Any) -> str:
+        return self.keys[0].sign(sub, self.base_url, **claims)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@contextlib.contextmanager
+def running_app(settings: Settings) -> Iterator[httpx.Client]:
+    """The real app behind a real uvicorn server on a free port, with an HTTP client for it."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("test server did not start")
+        time.sleep(0.02)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def settings_for(database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "better_auth_secret": SECRET,
+        "cors_origins": ["http://localhost:3000"],
+        "jwks_min_refresh_seconds": 0,
+        **overrides,
+    }
+    return Settings(**values)
+
+
+def docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+    except Exception:
+        return False
+    return True
+
+
+def port_answers(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+        return True
+    return False
+
+
+class PostgresServer:
+    """A PostgreSQL server the tests may create and drop databases on."""
+
+    def __init__(self, admin_url: str, source: str) -> None:
+        self.admin_url = normalise_url(admin_url)
+        self.source = source
+        self._admin = sa.create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+
+    def create_database(self) -> str:
+        name = f"todo_test_{uuid.uuid4().hex[:12]}"
+        with self._admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        return make_url(self.admin_url).set(database=name).render_as_string(hide_password=False)
+
+    def drop_database(self, url: str) -> None:
+        name = make_url(url).database
+        with self._admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    def close(self) -> None:
+        self._admin.dispose()
+
+
+def find_postgres() -> tuple[PostgresServer | None, str, contextlib.ExitStack]:
+    """TEST_DATABASE_URL, else a testcontainers container, else a server on localhost:5432."""
+    stack = contextlib.ExitStack()
+    if url := os.environ.get("TEST_DATABASE_URL"):
+        return PostgresServer(url, "TEST_DATABASE_URL"), "", stack
+    if docker_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        container = stack.enter_context(PostgresContainer("postgres:17-alpine", driver="psycopg2"))
+        return PostgresServer(container.get_connection_url(), "testcontainers"), "", stack
+    if port_answers("localhost", 5432):
+        user = os.environ.get("PGUSER", "postgres")
+        password = os.environ.get("PGPASSWORD", "")
+        credentials = f"{user}:{password}" if password else user
+        url = f"postgresql://{credentials}@localhost:5432/postgres"
+        return PostgresServer(url, "localhost:5432"), "", stack
+    return None, (
+        "no PostgreSQL: TEST_DATABASE_URL is unset, no Docker engine answers for testcontainers, "
+        "and nothing listens on localhost:5432"
+    ), stack
+
+
+def random_user() -> str:
+    return "user-" + secrets.token_hex(6)

@@ -1,0 +1,246 @@
+"""Bearer token -> verified claims.
+
+Two kinds of token are accepted, each only with its own keys (no key confusion):
+HS256 with BETTER_AUTH_SECRET, and asymmetric tokens (EdDSA, ES256, ES512, RS256, PS256)
+with the keys Better Auth publishes at its JWKS endpoint.
+"""
+
+import json
+import math
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import anyio.to_thread
+import jwt
+from fastapi import Depends, HTTPException, Path, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from todo_api.config import Settings
+
+ASYMMETRIC_ALGORITHMS = frozenset({"EdDSA", "ES256", "ES512", "RS256", "PS256"})
+USER_ID_MAX = 255
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    sub: str
+    exp: float
+    email: str | None = None
+    name: str | None = None
+    email_verified: bool = False
+    image: str | None = None
+
+
+class AuthError(Exception):
+    """A token that is refused; `reason` is a short stable label (used by metrics)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class JwksUnavailable(Exception):
+    """The JWKS endpoint cannot be reached and no cached key fits the token."""
+
+
+class JwksKeys:
+    """Better Auth's public keys: fetched lazily, cached, refetched at most once per interval.
+
+    PyJWKClient would refetch on every unknown `kid`, which lets forged tokens drive a fetch storm,
+    and it forgets its keys when a refetch fails; this keeps the last good set and rate-limits.
+    """
+
+    def __init__(self, url: str, *, ttl: float, min_refresh: float, timeout: float) -> None:
+        self._url = url
+        self._ttl = ttl
+        self._min_refresh = min_refresh
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at = -math.inf
+        self._attempted_at = -math.inf
+        self._last_fetch_failed = False
+
+    def peek(self, kid: str) -> jwt.PyJWK | None:
+        """A cached, still fresh key, without blocking (safe on the event loop)."""
+        if time.monotonic() - self._fetched_at < self._ttl:
+            return self._keys.get(kid)
+        return None
+
+    def get(self, kid: str) -> jwt.PyJWK:
+        """The key for `kid`, fetching the set if needed (blocking: call from a thread)."""
+        with self._lock:
+            now = time.monotonic()
+            fresh = now - self._fetched_at < self._ttl
+            if not (fresh and kid in self._keys) and now - self._attempted_at >= self._min_refresh:
+                self._attempted_at = now
+                try:
+                    self._keys = self._fetch()
+                    self._fetched_at = now
+                    self._last_fetch_failed = False
+                except JwksUnavailable:
+                    self._last_fetch_failed = True
+            key = self._keys.get(kid)
+            if key is not None:
+                return key
+            if self._last_fetch_failed:
+                raise JwksUnavailable(self._url)
+            raise AuthError("unknown_key", "Token signing key is not known")
+
+    def _fetch(self) -> dict[str, jwt.PyJWK]:
+        request = urllib.request.Request(self._url, headers={"Accept": "application/json"})  # noqa: S310
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
+                document = json.loads(response.read(1024 * 1024))
+            keyset = jwt.PyJWKSet.from_dict(document)
+        except (OSError, ValueError, jwt.PyJWTError) as error:
+            raise JwksUnavailable(str(error)) from error
+        return {key.key_id: key for key in keyset.keys if key.key_id}
+
+
+class TokenVerifier:
+    def __init__(self, settings: Settings) -> None:
+        self._secret = settings.better_auth_secret.encode() if settings.better_auth_secret else None
+        self._leeway = settings.jwt_leeway_seconds
+        self._issuer = settings.jwt_issuer
+        self._audience = settings.jwt_audience
+        self._jwks_issuer = settings.jwks_issuer
+        self._jwks_audience = settings.jwks_audience
+        url = settings.jwks_url
+        self.jwks = (
+            JwksKeys(
+                url,
+                ttl=settings.jwks_cache_seconds,
+                min_refresh=settings.jwks_min_refresh_seconds,
+                timeout=settings.jwks_timeout_seconds,
+            )
+            if url
+            else None
+        )
+
+    async def verify(self, token: str) -> Claims:
+        alg, kid = _unverified_header(token)
+        if alg == "HS256" and self._secret is not None:
+            return self._decode(token, self._secret, alg, self._issuer, self._audience)
+        if alg in ASYMMETRIC_ALGORITHMS and self.jwks is not None:
+            if kid is None:
+                raise AuthError("malformed", "Token has no key id")
+            key = self.jwks.peek(kid) or await anyio.to_thread.run_sync(self.jwks.get, kid)
+            if key.algorithm_name != alg:
+                raise AuthError("bad_algorithm", "Token algorithm does not match its key")
+            return self._decode(token, key, alg, self._jwks_issuer, self._jwks_audience)
+        raise AuthError("bad_algorithm", "Token algorithm is not accepted")
+
+    def _decode(
+        self, token: str, key: Any, alg: str, issuer: str | None, audience: str | None
+    ) -> Claims:
+        try:
+            payload = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                issuer=issuer,
+                audience=audience,
+                leeway=self._leeway,
+                options={"require": ["exp", "sub"], "verify_aud": audience is not None},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("expired", "Token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise AuthError("not_yet_valid", "Token is not valid yet") from None
+        except jwt.InvalidSignatureError:
+            raise AuthError("bad_signature", "Token signature is invalid") from None
+        except jwt.InvalidIssuerError:
+            raise AuthError("wrong_issuer", "Token issuer is not accepted") from None
+        except jwt.InvalidAudienceError:
+            raise AuthError("wrong_audience", "Token audience is not accepted") from None
+        except jwt.MissingRequiredClaimError as error:
+            raise AuthError("missing_claim", f"Token has no '{error.claim}' claim") from None
+        except jwt.PyJWTError:
+            raise AuthError("malformed", "Token is malformed") from None
+        return _claims(payload)
+
+
+def _unverified_header(token: str) -> tuple[str, str | None]:
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        raise AuthError("malformed", "Token is malformed") from None
+    alg, kid = header.get("alg"), header.get("kid")
+    if not isinstance(alg, str):
+        raise AuthError("malformed", "Token is malformed")
+    return alg, kid if isinstance(kid, str) else None
+
+
+def _claims(payload: dict[str, Any]) -> Claims:
+    sub = payload["sub"]
+    if not isinstance(sub, str) or not 0 < len(sub) <= USER_ID_MAX or not sub.isprintable():
+        raise AuthError("bad_subject", "Token subject is not a valid user id")
+
+    def text(name: str) -> str | None:
+        value = payload.get(name)
+        return value if isinstance(value, str) and value.isprintable() else None
+
+    return Claims(
+        sub=sub,
+        exp=float(payload["exp"]),
+        email=text("email"),
+        name=text("name"),
+        email_verified=payload.get("emailVerified") is True
+        or payload.get("email_verified") is True,
+        image=text("image"),
+    )
+
+
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    bearerFormat="JWT",
+    description="A Better Auth JWT (EdDSA/ES256/RS256 via JWKS, or HS256 with the shared secret)",
+)
+
+
+def unauthorized(detail: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+async def authenticate(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> Claims:
+    """The verified claims of the request's bearer token, or 401 (503 if the JWKS is down)."""
+    verifier: TokenVerifier = request.app.state.verifier
+    on_failure = request.app.state.on_auth_failure
+    if credentials is None:
+        on_failure("missing")
+        raise unauthorized("Not authenticated")
+    try:
+        return await verifier.verify(credentials.credentials)
+    except AuthError as error:
+        on_failure(error.reason)
+        raise unauthorized(error.detail) from None
+    except JwksUnavailable:
+        on_failure("jwks_unavailable")
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "Token keys are unavailable; try again shortly",
+            headers={"Retry-After": "5"},
+        ) from None
+
+
+async def path_user(
+    user_id: Annotated[str, Path(max_length=USER_ID_MAX, description="The signed-in user's id")],
+    claims: Annotated[Claims, Depends(authenticate)],
+) -> Claims:
+    """The token's claims when its subject is the user in the path, else 403."""
+    if claims.sub != user_id:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "Token does not belong to this user")
+    return claims
+
+
+CurrentUser = Annotated[Claims, Depends(path_user)]

@@ -1,0 +1,107 @@
+"""Settings, read once from the environment (every variable is documented in the README)."""
+
+from functools import lru_cache
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_SQLITE_URL = "sqlite:///./todo.db"
+
+
+class ConfigError(ValueError):
+    """The configuration cannot run a service; the message says what to set."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
+
+    # Database
+    database_url: str = DEFAULT_SQLITE_URL
+    database_url_direct: str | None = None
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_max_overflow: int = Field(default=0, ge=0, le=200)
+    db_pool_timeout: float = Field(default=10.0, gt=0)
+    db_pool_recycle: int = Field(default=240, ge=-1)  # under Neon's 5-minute idle suspend
+    db_pool_pre_ping: bool = True
+    db_connect_timeout: int = Field(default=5, ge=1, le=120)
+    migrate_on_start: bool = True
+
+    # Authentication
+    better_auth_secret: str | None = None
+    better_auth_url: str | None = None
+    better_auth_jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_leeway_seconds: int = Field(default=30, ge=0, le=300)
+    jwks_cache_seconds: int = Field(default=300, ge=1)
+    jwks_min_refresh_seconds: int = Field(default=30, ge=0)
+    jwks_timeout_seconds: float = Field(default=3.0, gt=0, le=30)
+
+    # HTTP
+    cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:3000"]
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    readiness_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator(
+        "better_auth_secret",
+        "better_auth_url",
+        "better_auth_jwks_url",
+        "jwt_issuer",
+        "jwt_audience",
+        "database_url_direct",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> "Settings":
+        if self.better_auth_secret is not None and len(self.better_auth_secret) < 32:
+            raise ConfigError("BETTER_AUTH_SECRET must be at least 32 characters long")
+        return self
+
+    def require_token_keys(self) -> None:
+        """The API refuses to start when it has no way to verify a token."""
+        if not (self.better_auth_secret or self.jwks_url):
+            raise ConfigError(
+                "No way to verify tokens: set BETTER_AUTH_SECRET (HS256) and/or "
+                "BETTER_AUTH_URL (JWKS), or run `todo-api dev` for a local development secret"
+            )
+
+    @property
+    def jwks_url(self) -> str | None:
+        if self.better_auth_jwks_url:
+            return self.better_auth_jwks_url
+        if self.better_auth_url:
+            return self.better_auth_url.rstrip("/") + "/api/auth/jwks"
+        return None
+
+    @property
+    def jwks_issuer(self) -> str | None:
+        return self.jwt_issuer or self.better_auth_url
+
+    @property
+    def jwks_audience(self) -> str | None:
+        return self.jwt_audience or self.better_auth_url
+
+    @property
+    def migration_url(self) -> str:
+        return self.database_url_direct or self.database_url
+
+    @property
+    def backend(self) -> Literal["postgresql", "sqlite"]:
+        return "sqlite" if self.database_url.startswith("sqlite") else "postgresql"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,70 @@
+"""The application factory: settings -> a FastAPI app with its engine, verifier and routes."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from todo_api import health
+from todo_api.auth import TokenVerifier
+from todo_api.config import Settings, get_settings
+from todo_api.db import create_db_engine
+from todo_api.http import DeclaredBodyLimit, install_error_handlers
+from todo_api.migrate import migrate
+from todo_api.tasks.router import router as tasks_router
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.require_token_keys()
+        if settings.migrate_on_start:
+            await anyio.to_thread.run_sync(migrate, settings)
+        engine = create_db_engine(settings)
+        # Each request takes one thread and one connection at a time, so as many threads as
+        # connections: no request holds a thread while it waits for a connection.
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = settings.db_pool_size + settings.db_max_overflow
+        app.state.engine = engine
+        try:
+            yield
+        finally:
+            engine.dispose()
+
+    app = FastAPI(
+        title="Todo Task API",
+        version="0.1.0",
+        summary="Per-user tasks for a Better Auth frontend",
+        lifespan=lifespan,
+        max_body_size=settings.max_body_bytes,
+    )
+    app.state.settings = settings
+    app.state.verifier = TokenVerifier(settings)
+    app.state.on_auth_failure = lambda reason: None
+    app.state.on_not_ready = lambda reason: None
+    app.add_middleware(DeclaredBodyLimit, max_bytes=settings.max_body_bytes)
+    # Added last, so outermost: error responses (401, 403, 404, 413, 422) carry CORS headers too.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+        expose_headers=["Location", "Link", "X-Request-ID"],
+        max_age=600,
+    )
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(tasks_router)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `todo_api.main:app` for gunicorn and uvicorn, built on first access rather than at import,
+    # so that importing this module never reads the environment.
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

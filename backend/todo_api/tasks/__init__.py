@@ -1,0 +1,1 @@
+"""Tasks: models, the service (all SQL) and the HTTP routes."""

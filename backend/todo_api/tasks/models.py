@@ -1,0 +1,123 @@
+"""The users and tasks tables, and the task API's input and output models."""
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, ConfigDict, StringConstraints, field_validator
+from sqlalchemy import Boolean, Column, ForeignKey, Index, String, Text, false, func
+from sqlmodel import Field, SQLModel
+
+from todo_api.db import UtcDateTime
+
+TITLE_MAX = 200
+DESCRIPTION_MAX = 1000
+
+
+def _storable_text(value: str) -> str:
+    # PostgreSQL text cannot hold NUL, and a lone surrogate (valid JSON, "\ud800") cannot be
+    # encoded as UTF-8: both would fail in the driver, so refuse them here as a 422.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+Title = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=TITLE_MAX),
+    AfterValidator(_storable_text),
+]
+Description = Annotated[
+    str, StringConstraints(max_length=DESCRIPTION_MAX), AfterValidator(_storable_text)
+]
+
+
+def _created_at_column() -> Any:
+    return Column(UtcDateTime, nullable=False, server_default=func.now())
+
+
+class User(SQLModel, table=True):
+    """A Better Auth user (the table Better Auth uses with modelName "users" and snake_case)."""
+
+    __tablename__ = "users"
+
+    id: str = Field(sa_column=Column(Text, primary_key=True))
+    email: str | None = Field(default=None, sa_column=Column(Text, unique=True))
+    name: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
+    email_verified: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
+    )
+    image: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(sa_column=_created_at_column())
+    updated_at: datetime = Field(sa_column=_created_at_column())
+
+
+class Task(SQLModel, table=True):
+    __tablename__ = "tasks"
+    __table_args__ = (
+        # "This user's tasks, newest first" and the same under a status filter, read straight off
+        # an index (backwards for desc) without a sort and without touching other users' rows.
+        Index("ix_tasks_user_created", "user_id", "created_at", "id"),
+        Index("ix_tasks_user_completed_created", "user_id", "completed", "created_at", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: str = Field(
+        sa_column=Column(Text, ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
+    )
+    title: str = Field(sa_column=Column(String(TITLE_MAX), nullable=False))
+    description: str | None = Field(default=None, sa_column=Column(Text))
+    completed: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
+    )
+    created_at: datetime = Field(sa_column=_created_at_column())
+    updated_at: datetime = Field(sa_column=_created_at_column())
+
+
+class _Input(SQLModel):
+    # strict: JSON true/false only for booleans, strings only for text (no "1" -> True).
+    # extra="ignore": id, user_id and timestamps in a body are never honoured.
+    model_config = ConfigDict(strict=True, extra="ignore")  # type: ignore[assignment]
+
+
+class TaskCreate(_Input):
+    title: Title
+    description: Description | None = None
+    completed: bool = False
+
+
+class TaskUpdate(_Input):
+    """Any subset of the fields; description null clears it, title or completed null is refused."""
+
+    title: Title | None = None
+    description: Description | None = None
+    completed: bool | None = None
+
+    @field_validator("title", "completed")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("may be omitted but not null")
+        return value
+
+
+class CompletionSet(_Input):
+    completed: bool
+
+
+class TaskPublic(SQLModel):
+    id: int
+    user_id: str
+    title: str
+    description: str | None
+    completed: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+TaskStatus = Literal["all", "pending", "completed"]
+TaskSort = Literal["created", "updated", "title"]
+SortOrder = Literal["asc", "desc"]

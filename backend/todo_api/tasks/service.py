@@ -1,0 +1,133 @@
+"""Every SQL statement about tasks. Each query is scoped to its owner in the WHERE clause."""
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import Connection, ColumnElement, Insert, delete, insert, not_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from todo_api.auth import Claims
+from todo_api.db import utcnow
+from todo_api.tasks.models import SortOrder, Task, TaskCreate, TaskSort, TaskStatus, User
+
+TaskRow = dict[str, Any]
+
+# The public task, selected as columns: no ORM objects are built on the request path.
+_COLUMNS = (
+    Task.__table__.c.id,  # type: ignore[attr-defined]
+    Task.__table__.c.user_id,  # type: ignore[attr-defined]
+    Task.__table__.c.title,  # type: ignore[attr-defined]
+    Task.__table__.c.description,  # type: ignore[attr-defined]
+    Task.__table__.c.completed,  # type: ignore[attr-defined]
+    Task.__table__.c.created_at,  # type: ignore[attr-defined]
+    Task.__table__.c.updated_at,  # type: ignore[attr-defined]
+)
+_tasks = Task.__table__  # type: ignore[attr-defined]
+_users = User.__table__  # type: ignore[attr-defined]
+_c = _tasks.c
+
+_SORT_COLUMNS = {"created": _c.created_at, "updated": _c.updated_at, "title": _c.title}
+DEFAULT_ORDER: dict[str, SortOrder] = {"created": "desc", "updated": "desc", "title": "asc"}
+
+
+def _owned(owner_id: str, task_id: int) -> ColumnElement[bool]:
+    return (_c.id == task_id) & (_c.user_id == owner_id)
+
+
+def list_tasks(
+    conn: Connection,
+    *,
+    owner_id: str,
+    status: TaskStatus,
+    sort: TaskSort,
+    order: SortOrder,
+    limit: int,
+    offset: int,
+) -> tuple[list[TaskRow], bool]:
+    """One page of the owner's tasks, and whether more rows follow it."""
+    key = _SORT_COLUMNS[sort]
+    stmt = select(*_COLUMNS).where(_c.user_id == owner_id)
+    if status != "all":
+        stmt = stmt.where(_c.completed == (status == "completed"))
+    # id breaks ties so that pages never repeat or skip a row.
+    if order == "desc":
+        stmt = stmt.order_by(key.desc(), _c.id.desc())
+    else:
+        stmt = stmt.order_by(key.asc(), _c.id.asc())
+    rows = conn.execute(stmt.limit(limit + 1).offset(offset)).mappings().all()
+    return [dict(row) for row in rows[:limit]], len(rows) > limit
+
+
+def get_task(conn: Connection, *, owner_id: str, task_id: int) -> TaskRow | None:
+    row = conn.execute(select(*_COLUMNS).where(_owned(owner_id, task_id))).mappings().first()
+    return dict(row) if row else None
+
+
+def create_task(conn: Connection, *, owner: Claims, data: TaskCreate) -> TaskRow:
+    ensure_user(conn, owner)
+    now = utcnow()
+    stmt = (
+        insert(_tasks)
+        .values(
+            user_id=owner.sub,
+            title=data.title,
+            description=data.description,
+            completed=data.completed,
+            created_at=now,
+            updated_at=now,
+        )
+        .returning(*_COLUMNS)
+    )
+    return dict(conn.execute(stmt).mappings().one())
+
+
+def update_task(
+    conn: Connection, *, owner_id: str, task_id: int, changes: Mapping[str, Any]
+) -> TaskRow | None:
+    """Apply a partial update; an empty change set still moves nothing but is answered."""
+    if not changes:
+        return get_task(conn, owner_id=owner_id, task_id=task_id)
+    return _update(conn, owner_id, task_id, {**changes, "updated_at": utcnow()})
+
+
+def set_completed(
+    conn: Connection, *, owner_id: str, task_id: int, completed: bool | None
+) -> TaskRow | None:
+    """Set completion, or flip it in the database when `completed` is None (no lost toggles)."""
+    value = not_(_c.completed) if completed is None else completed
+    return _update(conn, owner_id, task_id, {"completed": value, "updated_at": utcnow()})
+
+
+def delete_task(conn: Connection, *, owner_id: str, task_id: int) -> bool:
+    return conn.execute(delete(_tasks).where(_owned(owner_id, task_id))).rowcount == 1
+
+
+def _update(
+    conn: Connection, owner_id: str, task_id: int, values: Mapping[str, Any]
+) -> TaskRow | None:
+    stmt = update(_tasks).where(_owned(owner_id, task_id)).values(**values).returning(*_COLUMNS)
+    row = conn.execute(stmt).mappings().first()
+    return dict(row) if row else None
+
+
+def ensure_user(conn: Connection, owner: Claims) -> None:
+    """Create the owner's user row from the token's claims unless it exists (race-safe)."""
+    values = {
+        "id": owner.sub,
+        "email": owner.email,
+        "name": owner.name or "",
+        "email_verified": owner.email_verified,
+        "image": owner.image,
+    }
+    conn.execute(_insert_ignoring_conflicts(conn).values(**values))
+    if owner.email is not None:
+        # The email may belong to another user row (a changed address, a shared database):
+        # the task still needs its owner, so fall back to a row without the email.
+        exists = conn.execute(select(_users.c.id).where(_users.c.id == owner.sub)).first()
+        if exists is None:
+            conn.execute(_insert_ignoring_conflicts(conn).values(**{**values, "email": None}))
+
+
+def _insert_ignoring_conflicts(conn: Connection) -> Insert:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(_users).on_conflict_do_nothing()  # type: ignore[no-any-return]
