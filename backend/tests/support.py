@@ -25,7 +25,7 @@ from todo_api.config import Settings
 from todo_api.db import normalise_url
 from todo_api.main import create_app
 
-SECRET = "test-secret-" + "x" * 40
+SECRET = "test-secret-" + "x" * 60
 
 
 def free_port() -> int:

@@ -65,8 +65,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_auth(self) -> "Settings":
-        if self.better_auth_secret is not None and len(self.better_auth_secret) < 32:
+        secret = self.better_auth_secret
+        if secret is not None and len(secret) < 32:
             raise ConfigError("BETTER_AUTH_SECRET must be at least 32 characters long")
+        if secret is not None and "change-me" in secret.lower():
+            raise ConfigError("BETTER_AUTH_SECRET is still the placeholder from .env.example")
         return self
 
     def require_token_keys(self) -> None:

@@ -1,13 +1,17 @@
 """HTTP plumbing shared by the routes: JSON responses, error shapes and error handlers."""
 
+import json
 import logging
 from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
@@ -43,11 +47,12 @@ class JSONBytesResponse(Response):
         return orjson.dumps(content)
 
 
-class DeclaredBodyLimit:
-    """413 as JSON for a request whose Content-Length is over the limit, before anything reads it.
+class BodySizeLimit:
+    """Refuse request bodies over `max_bytes` with a JSON 413, whether declared or streamed.
 
-    FastAPI's `max_body_size` enforces the limit on the bytes actually streamed, but for a
-    declared length it replaces the response with plain text; clients here always get JSON.
+    FastAPI's own `max_body_size` answers a declared oversize body with plain text (it replaces
+    whatever response the app sends), and our clients always get JSON errors; so this small
+    middleware. The route never sees a byte past the limit, so nothing is changed.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -55,14 +60,32 @@ class DeclaredBodyLimit:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            declared = Headers(scope=scope).get("content-length")
-            if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-                detail = f"Request body is larger than {self.max_bytes} bytes"
-                response = JSONResponse({"detail": detail}, status.HTTP_413_CONTENT_TOO_LARGE)
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            response = JSONResponse({"detail": self._detail}, status.HTTP_413_CONTENT_TOO_LARGE)
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # An HTTPException passes through FastAPI's body reading untouched and
+                    # becomes the JSON 413 in its exception middleware.
+                    raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, self._detail)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    @property
+    def _detail(self) -> str:
+        return f"Request body is larger than {self.max_bytes} bytes"
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -76,10 +99,18 @@ def install_error_handlers(app: FastAPI) -> None:
             headers={"Retry-After": "5"},
         )
 
+    async def invalid_request(request: Request, exc: Exception) -> Response:
+        # FastAPI's shape, but ASCII-escaped: the echoed input may hold a lone surrogate,
+        # which the default handler fails to encode (a 500 for a bad request).
+        assert isinstance(exc, RequestValidationError)
+        body = json.dumps({"detail": jsonable_encoder(exc.errors())}, ensure_ascii=True)
+        return Response(body, status.HTTP_422_UNPROCESSABLE_CONTENT, media_type="application/json")
+
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.error("unhandled error", exc_info=exc)
         return JSONResponse({"detail": "Internal server error"}, 500)
 
+    app.add_exception_handler(RequestValidationError, invalid_request)
     for unavailable in (PoolTimeoutError, OperationalError, InterfaceError):
         app.add_exception_handler(unavailable, database_unavailable)
     app.add_exception_handler(Exception, unexpected)

@@ -11,7 +11,7 @@ from todo_api import health
 from todo_api.auth import TokenVerifier
 from todo_api.config import Settings, get_settings
 from todo_api.db import create_db_engine
-from todo_api.http import DeclaredBodyLimit, install_error_handlers
+from todo_api.http import BodySizeLimit, install_error_handlers
 from todo_api.migrate import migrate
 from todo_api.tasks.router import router as tasks_router
 
@@ -40,13 +40,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Per-user tasks for a Better Auth frontend",
         lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,
     )
     app.state.settings = settings
     app.state.verifier = TokenVerifier(settings)
     app.state.on_auth_failure = lambda reason: None
     app.state.on_not_ready = lambda reason: None
-    app.add_middleware(DeclaredBodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # Added last, so outermost: error responses (401, 403, 404, 413, 422) carry CORS headers too.
     app.add_middleware(
         CORSMiddleware,

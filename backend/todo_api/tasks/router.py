@@ -5,6 +5,7 @@ database work happens inside that one call, in one transaction.
 """
 
 from typing import Annotated, Any
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, Response, status
 from sqlalchemy import Engine
@@ -37,6 +38,12 @@ async def get_engine(request: Request) -> Engine:
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
 TaskId = Annotated[int, Path(ge=1, le=INT32_MAX, description="The task's id")]
+
+
+def _tasks_url(request: Request, owner_id: str, *, absolute: bool = False) -> str:
+    # Percent-encoded by hand: a user id may hold any character, and headers are latin-1.
+    path = f"{request.scope.get('root_path', '')}/api/{quote(owner_id, safe='')}/tasks"
+    return f"{request.url.scheme}://{request.url.netloc}{path}" if absolute else path
 
 
 def _not_found() -> HTTPException:
@@ -80,8 +87,8 @@ def list_tasks(
         )
     headers = {}
     if more:
-        next_url = request.url.include_query_params(offset=offset + limit)
-        headers["Link"] = f'<{next_url}>; rel="next"'
+        query = urlencode({**request.query_params, "offset": offset + limit})
+        headers["Link"] = f'<{_tasks_url(request, user.sub, absolute=True)}?{query}>; rel="next"'
     return JSONBytesResponse(rows, headers=headers)
 
 
@@ -96,7 +103,7 @@ def create_task(request: Request, user: CurrentUser, engine: EngineDep, task: Ta
     """Create a task owned by the signed-in user; `Location` names the new task."""
     with engine.begin() as conn:
         row = service.create_task(conn, owner=user, data=task)
-    location = str(request.url_for("get_task", user_id=user.sub, task_id=row["id"]).path)
+    location = f"{_tasks_url(request, user.sub)}/{row['id']}"
     return _task(row, status.HTTP_201_CREATED, Location=location)
 
 

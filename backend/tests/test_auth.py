@@ -1,0 +1,256 @@
+"""Token verification: the attack list for HS256 and for EdDSA through a JWKS served here."""
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+
+import jwt
+import pytest
+import sqlalchemy as sa
+from cryptography.hazmat.primitives import serialization
+
+from tests.support import SECRET, SigningKey, bearer, hs256, running_app, settings_for
+
+URL = "/api/alice/tasks"
+
+
+def _part(value: dict | bytes) -> str:
+    raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def unsigned(payload: dict) -> str:
+    """A token with alg none (what PyJWT refuses to produce with a key)."""
+    return f"{_part({'alg': 'none', 'typ': 'JWT'})}.{_part(payload)}."
+
+
+def hmac_signed(secret: bytes, payload: dict, header: dict) -> str:
+    """An HS256 token signed by hand, with secrets PyJWT itself refuses to use."""
+    signing_input = f"{_part({'alg': 'HS256', **header})}.{_part(payload)}"
+    signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{_part(signature)}"
+
+
+def assert_401(response, detail_fragment: str = "") -> None:
+    assert response.status_code == 401, response.text
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert detail_fragment.lower() in response.json()["detail"].lower()
+
+
+class TestMissingOrMalformed:
+    @pytest.mark.parametrize(
+        "headers",
+        [
+            {},
+            {"Authorization": ""},
+            {"Authorization": "Bearer"},
+            {"Authorization": "Basic YWxpY2U6cHc="},
+            {"Authorization": "Bearer not-a-jwt"},
+            {"Authorization": "Bearer a.b.c"},
+            {"Authorization": "Bearer " + "x" * 5000},
+        ],
+    )
+    def test_is_401_with_www_authenticate(self, api, headers):
+        assert_401(api.get(URL, headers=headers))
+
+    def test_post_without_token_is_401_and_creates_nothing(self, api, engine):
+        assert_401(api.post(URL, json={"title": "x"}))
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM tasks")).scalar() == 0
+
+
+class TestHS256:
+    def test_valid_token_is_accepted(self, api):
+        assert api.get(URL, headers=bearer(hs256("alice"))).status_code == 200
+
+    def test_expired(self, api):
+        assert_401(api.get(URL, headers=bearer(hs256(exp=int(time.time()) - 60))), "expired")
+
+    def test_expiry_within_the_30s_leeway_is_accepted(self, api):
+        token = hs256(exp=int(time.time()) - 10)
+        assert api.get(URL, headers=bearer(token)).status_code == 200
+
+    def test_not_yet_valid(self, api):
+        token = hs256(nbf=int(time.time()) + 600)
+        assert_401(api.get(URL, headers=bearer(token)), "not valid yet")
+
+    def test_issued_in_the_future(self, api):
+        token = hs256(iat=int(time.time()) + 600)
+        assert_401(api.get(URL, headers=bearer(token)))
+
+    def test_wrong_secret(self, api):
+        token = hs256(secret="another-secret-" + "y" * 60)
+        assert_401(api.get(URL, headers=bearer(token)), "signature")
+
+    def test_tampered_payload(self, api):
+        header, _, signature = hs256("alice").split(".")
+        forged = base64.urlsafe_b64encode(
+            json.dumps({"sub": "alice", "exp": int(time.time()) + 999999}).encode()
+        )
+        token = f"{header}.{forged.rstrip(b'=').decode()}.{signature}"
+        assert_401(api.get(URL, headers=bearer(token)))
+
+    def test_alg_none(self, api):
+        token = unsigned({"sub": "alice", "exp": int(time.time()) + 600})
+        assert_401(api.get(URL, headers=bearer(token)), "algorithm")
+
+    def test_missing_sub(self, api):
+        assert_401(api.get(URL, headers=bearer(hs256(None))), "sub")
+
+    def test_missing_exp(self, api):
+        token = jwt.encode({"sub": "alice"}, SECRET.encode(), algorithm="HS256")
+        assert_401(api.get(URL, headers=bearer(token)), "exp")
+
+    @pytest.mark.parametrize("sub", ["", "a\x00b", "x" * 256, 42])
+    def test_unusable_sub(self, api, sub):
+        token = jwt.encode(
+            {"sub": sub, "exp": int(time.time()) + 60}, SECRET.encode(), algorithm="HS256"
+        )
+        assert_401(api.get(URL, headers=bearer(token)))
+
+    @pytest.mark.parametrize("alg", ["HS384", "HS512"])
+    def test_other_hmac_algorithms_are_refused(self, api, alg):
+        token = jwt.encode(
+            {"sub": "alice", "exp": int(time.time()) + 60}, SECRET.encode(), algorithm=alg
+        )
+        assert_401(api.get(URL, headers=bearer(token)), "algorithm")
+
+    def test_aud_in_token_is_fine_when_no_audience_is_configured(self, api):
+        token = hs256("alice", aud="somewhere", iss="someone")
+        assert api.get(URL, headers=bearer(token)).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def strict(sqlite_url):
+    """An app that requires an issuer and audience on HS256 tokens too."""
+    settings = settings_for(
+        sqlite_url, jwt_issuer="https://auth.example", jwt_audience="https://auth.example"
+    )
+    with running_app(settings) as client:
+        yield client
+
+
+class TestHS256IssuerAudience:
+    def test_matching_issuer_and_audience(self, strict):
+        token = hs256(iss="https://auth.example", aud="https://auth.example")
+        assert strict.get(URL, headers=bearer(token)).status_code == 200
+
+    def test_wrong_issuer(self, strict):
+        token = hs256(iss="https://evil.example", aud="https://auth.example")
+        assert_401(strict.get(URL, headers=bearer(token)), "issuer")
+
+    def test_wrong_audience(self, strict):
+        token = hs256(iss="https://auth.example", aud="https://evil.example")
+        assert_401(strict.get(URL, headers=bearer(token)), "audience")
+
+    def test_missing_issuer(self, strict):
+        assert_401(strict.get(URL, headers=bearer(hs256(aud="https://auth.example"))), "iss")
+
+
+class TestJwks:
+    def test_valid_eddsa_token_is_accepted(self, api, jwks):
+        response = api.post(URL, json={"title": "via jwks"}, headers=bearer(jwks.sign("alice")))
+        assert response.status_code == 201
+
+    def test_expired(self, api, jwks):
+        token = jwks.sign(exp=int(time.time()) - 60)
+        assert_401(api.get(URL, headers=bearer(token)), "expired")
+
+    def test_not_yet_valid(self, api, jwks):
+        assert_401(api.get(URL, headers=bearer(jwks.sign(nbf=int(time.time()) + 600))))
+
+    def test_signed_by_an_unknown_key_with_a_known_kid(self, api, jwks):
+        impostor = SigningKey(kid=jwks.keys[0].kid)
+        token = impostor.sign("alice", jwks.base_url)
+        assert_401(api.get(URL, headers=bearer(token)), "signature")
+
+    def test_unknown_kid(self, api, jwks):
+        token = SigningKey(kid="nobody").sign("alice", jwks.base_url)
+        assert_401(api.get(URL, headers=bearer(token)), "key")
+
+    def test_wrong_issuer(self, api, jwks):
+        assert_401(api.get(URL, headers=bearer(jwks.sign(iss="https://evil.example"))), "issuer")
+
+    def test_wrong_audience(self, api, jwks):
+        token = jwks.sign(aud="https://evil.example")
+        assert_401(api.get(URL, headers=bearer(token)), "audience")
+
+    def test_missing_sub(self, api, jwks):
+        assert_401(api.get(URL, headers=bearer(jwks.sign(None))), "sub")
+
+    def test_alg_none_with_a_known_kid(self, api, jwks):
+        token = unsigned({"sub": "alice", "exp": int(time.time()) + 60})
+        assert_401(api.get(URL, headers=bearer(token)), "algorithm")
+
+    def test_hs256_signed_with_the_public_key_is_refused(self, api, jwks):
+        # The classic key-confusion attack: an HMAC token whose "secret" is the public key.
+        public = jwks.keys[0].private.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        for secret in (public, json.dumps(jwks.keys[0].jwk()).encode()):
+            payload = {"sub": "alice", "exp": int(time.time()) + 60}
+            token = hmac_signed(secret, payload, {"kid": "key-1"})
+            assert_401(api.get(URL, headers=bearer(token)), "signature")
+
+    def test_eddsa_header_on_an_hmac_token_is_refused(self, api, jwks):
+        header, payload, signature = hs256("alice").split(".")
+        eddsa_header = base64.urlsafe_b64encode(
+            json.dumps({"alg": "EdDSA", "kid": "key-1"}).encode()
+        ).rstrip(b"=")
+        token = f"{eddsa_header.decode()}.{payload}.{signature}"
+        assert_401(api.get(URL, headers=bearer(token)))
+
+    def test_rotated_key_is_fetched_on_first_use(self, api, jwks):
+        rotated = SigningKey(kid="key-rotated")
+        jwks.keys.append(rotated)
+        try:
+            token = rotated.sign("alice", jwks.base_url)
+            assert api.get(URL, headers=bearer(token)).status_code == 200
+        finally:
+            jwks.keys.remove(rotated)
+
+    def test_jwks_down_with_no_cached_key_is_503_not_401(self, api, jwks):
+        jwks.up = False
+        token = SigningKey(kid="never-seen").sign("alice", jwks.base_url)
+        response = api.get(URL, headers=bearer(token))
+        assert response.status_code == 503
+        assert "unavailable" in response.json()["detail"]
+
+    def test_jwks_down_still_accepts_a_cached_key(self, api, jwks):
+        assert api.get(URL, headers=bearer(jwks.sign("alice"))).status_code == 200
+        jwks.up = False
+        assert api.get(URL, headers=bearer(jwks.sign("alice"))).status_code == 200
+
+
+class TestJwksRefetchLimit:
+    """Forged kids must not drive one JWKS fetch each (a fetch storm against Better Auth)."""
+
+    @pytest.fixture
+    def limited(self, sqlite_url, jwks):
+        settings = settings_for(
+            sqlite_url, better_auth_url=jwks.base_url, jwks_min_refresh_seconds=3600
+        )
+        with running_app(settings) as client:
+            yield client
+
+    def test_unknown_kids_cause_at_most_one_fetch(self, limited, jwks):
+        assert limited.get(URL, headers=bearer(jwks.sign("alice"))).status_code == 200
+        before = jwks.fetches
+        for i in range(20):
+            token = SigningKey(kid=f"forged-{i}").sign("alice", jwks.base_url)
+            assert_401(limited.get(URL, headers=bearer(token)), "key")
+        assert jwks.fetches == before
+
+
+class TestForbidden:
+    def test_other_users_path_is_403_before_any_database_work(self, api, engine):
+        response = api.post("/api/bob/tasks", json={"title": "x"}, headers=bearer(hs256("alice")))
+        assert response.status_code == 403
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM users")).scalar() == 0
+
+    def test_jwks_token_for_another_user_is_403(self, api, jwks):
+        response = api.get("/api/bob/tasks", headers=bearer(jwks.sign("alice")))
+        assert response.status_code == 403
