@@ -55,17 +55,10 @@ def pg_url(postgres: PostgresServer) -> Iterator[str]:
 
 @pytest.fixture(scope="session", params=BACKENDS)
 def database_url(request: pytest.FixtureRequest) -> str:
-    """The database of the run, once per backend; tests marked postgres_only skip SQLite."""
+    """The database of the run, once per backend."""
     if request.param == "sqlite":
         return str(request.getfixturevalue("sqlite_url"))
     return str(request.getfixturevalue("pg_url"))
-
-
-@pytest.fixture(autouse=True)
-def _postgres_only(request: pytest.FixtureRequest) -> None:
-    if request.node.get_closest_marker("postgres_only") and "database_url" in request.fixturenames:
-        if request.getfixturevalue("database_url").startswith("sqlite"):
-            pytest.skip("PostgreSQL-only behaviour (runs in the postgresql variant)")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Test helpers: signed tokens, a JWKS server, a real uvicorn server for an app, throwaway databases."""
+"""Test helpers: tokens, a JWKS server, the app behind a real uvicorn, throwaway databases."""
 
 import base64
 import contextlib
@@ -192,10 +192,14 @@ def find_postgres() -> tuple[PostgresServer | None, str, contextlib.ExitStack]:
         credentials = f"{user}:{password}" if password else user
         url = f"postgresql://{credentials}@localhost:5432/postgres"
         return PostgresServer(url, "localhost:5432"), "", stack
-    return None, (
-        "no PostgreSQL: TEST_DATABASE_URL is unset, no Docker engine answers for testcontainers, "
-        "and nothing listens on localhost:5432"
-    ), stack
+    return (
+        None,
+        (
+            "no PostgreSQL: TEST_DATABASE_URL is unset, no Docker engine answers for "
+            "testcontainers, and nothing listens on localhost:5432"
+        ),
+        stack,
+    )
 
 
 def random_user() -> str:

@@ -186,8 +186,10 @@ class TestJwks:
 
     def test_hs256_signed_with_the_public_key_is_refused(self, api, jwks):
         # The classic key-confusion attack: an HMAC token whose "secret" is the public key.
-        public = jwks.keys[0].private.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        public = (
+            jwks.keys[0]
+            .private.public_key()
+            .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         )
         for secret in (public, json.dumps(jwks.keys[0].jwk()).encode()):
             payload = {"sub": "alice", "exp": int(time.time()) + 60}
@@ -195,7 +197,7 @@ class TestJwks:
             assert_401(api.get(URL, headers=bearer(token)), "signature")
 
     def test_eddsa_header_on_an_hmac_token_is_refused(self, api, jwks):
-        header, payload, signature = hs256("alice").split(".")
+        _, payload, signature = hs256("alice").split(".")
         eddsa_header = base64.urlsafe_b64encode(
             json.dumps({"alg": "EdDSA", "kid": "key-1"}).encode()
         ).rstrip(b"=")

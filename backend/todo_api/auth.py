@@ -129,7 +129,9 @@ class TokenVerifier:
         if alg in ASYMMETRIC_ALGORITHMS and self.jwks is not None:
             if kid is None:
                 raise AuthError("malformed", "Token has no key id")
-            key = self.jwks.peek(kid) or await anyio.to_thread.run_sync(self.jwks.get, kid)
+            key = self.jwks.peek(kid)
+            if key is None:
+                key = await anyio.to_thread.run_sync(self.jwks.get, kid)
             if key.algorithm_name != alg:
                 raise AuthError("bad_algorithm", "Token algorithm does not match its key")
             return self._decode(token, key, alg, self._jwks_issuer, self._jwks_audience)

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
 def mint_token(
     user_id: str, *, minutes: int = 60, email: str | None = None, name: str | None = None
 ) -> str:
-    """An HS256 token signed with BETTER_AUTH_SECRET (or the dev secret), shaped like Better Auth's."""
+    """An HS256 token signed with BETTER_AUTH_SECRET (or the dev secret), like Better Auth's."""
     from todo_api.config import Settings
 
     secret = os.environ.get("BETTER_AUTH_SECRET") or _read_dev_secret()
@@ -82,7 +82,9 @@ def _dev(host: str, port: int) -> None:
             secret = secrets.token_urlsafe(48)
             DEV_SECRET_FILE.touch(mode=0o600)
             DEV_SECRET_FILE.write_text(secret + "\n")
-            print(f"Generated a development secret in {DEV_SECRET_FILE} (never use it in production)")
+            print(
+                f"Generated a development secret in {DEV_SECRET_FILE} (never use it in production)"
+            )
         os.environ["BETTER_AUTH_SECRET"] = secret
     token = mint_token("demo")
     base = f"http://{host}:{port}"
@@ -99,15 +101,24 @@ Try it:
 """,
         flush=True,
     )
-    uvicorn.run("todo_api.main:app", host=host, port=port, log_level="info")
+    from todo_api.logs import logging_config
+
+    log_config = logging_config(os.environ.get("LOG_FORMAT", "text"), "info")
+    uvicorn.run("todo_api.main:app", host=host, port=port, log_config=log_config, access_log=False)
 
 
 def _serve() -> None:
+    """Exactly `gunicorn -c python:todo_api.gunicorn_conf todo_api.main:app`."""
+    from todo_api.config import Settings
+
+    # Refuse here, with one clear line, rather than in every worker's start-up.
+    try:
+        Settings().require_token_keys()
+    except ValueError as error:
+        sys.exit(f"todo-api serve: {error}")
     from gunicorn.app.wsgiapp import run
 
-    config = Path(__file__).with_name("gunicorn_conf.py")
-    sys.argv = ["gunicorn", "--config", f"python:todo_api.gunicorn_conf", "todo_api.main:app"]
-    del config
+    sys.argv = ["gunicorn", "-c", "python:todo_api.gunicorn_conf", "todo_api.main:app"]
     run()
 
 

@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     readiness_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
 
+    # Observability
+    metrics_token: str | None = None
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
@@ -57,6 +62,7 @@ class Settings(BaseSettings):
         "jwt_issuer",
         "jwt_audience",
         "database_url_direct",
+        "metrics_token",
         mode="before",
     )
     @classmethod
@@ -67,9 +73,9 @@ class Settings(BaseSettings):
     def _check_auth(self) -> "Settings":
         secret = self.better_auth_secret
         if secret is not None and len(secret) < 32:
-            raise ConfigError("BETTER_AUTH_SECRET must be at least 32 characters long")
+            raise ValueError("BETTER_AUTH_SECRET must be at least 32 characters long")
         if secret is not None and "change-me" in secret.lower():
-            raise ConfigError("BETTER_AUTH_SECRET is still the placeholder from .env.example")
+            raise ValueError("BETTER_AUTH_SECRET is still the placeholder from .env.example")
         return self
 
     def require_token_keys(self) -> None:
@@ -103,6 +109,31 @@ class Settings(BaseSettings):
     @property
     def backend(self) -> Literal["postgresql", "sqlite"]:
         return "sqlite" if self.database_url.startswith("sqlite") else "postgresql"
+
+
+class ServerSettings(BaseSettings):
+    """How Gunicorn runs the app (read by todo_api/gunicorn_conf.py in the master process)."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
+
+    host: str = "0.0.0.0"  # noqa: S104  (a container must listen on all interfaces)
+    port: int = Field(default=8000, ge=0, le=65535)
+    # Never derived from the CPU count: inside a container that is the host's, not the limit's.
+    web_concurrency: int = Field(default=2, ge=1, le=64)
+    gunicorn_timeout: int = Field(default=30, ge=1)
+    graceful_timeout: int = Field(default=20, ge=1)  # below Kubernetes' 30 s grace period
+    keepalive: int = Field(default=75, ge=1)  # above a load balancer's 60 s idle timeout
+    max_requests: int = Field(default=10000, ge=0)
+    max_requests_jitter: int = Field(default=1000, ge=0)
+    forwarded_allow_ips: str = "127.0.0.1"
+    prometheus_multiproc_dir: str | None = None
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @property
+    def bind(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
 
 @lru_cache

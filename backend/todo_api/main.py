@@ -13,6 +13,7 @@ from todo_api.config import Settings, get_settings
 from todo_api.db import create_db_engine
 from todo_api.http import BodySizeLimit, install_error_handlers
 from todo_api.migrate import migrate
+from todo_api.observability import RequestContext, install_metrics, on_not_ready
 from todo_api.tasks.router import router as tasks_router
 
 
@@ -25,6 +26,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.migrate_on_start:
             await anyio.to_thread.run_sync(migrate, settings)
         engine = create_db_engine(settings)
+        metrics.watch_pool(engine)
         # Each request takes one thread and one connection at a time, so as many threads as
         # connections: no request holds a thread while it waits for a connection.
         limiter = anyio.to_thread.current_default_thread_limiter()
@@ -43,10 +45,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.verifier = TokenVerifier(settings)
-    app.state.on_auth_failure = lambda reason: None
-    app.state.on_not_ready = lambda reason: None
+    metrics = install_metrics(app, settings)
+    app.state.on_auth_failure = lambda reason: metrics.auth_failures.labels(reason).inc()
+    app.state.on_not_ready = on_not_ready(metrics)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    # Added last, so outermost: error responses (401, 403, 404, 413, 422) carry CORS headers too.
+    # Outside everything that answers with an error, so 401, 403, 404, 413 and 422 carry the
+    # CORS headers too and a browser sees the real status.
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
@@ -55,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         expose_headers=["Location", "Link", "X-Request-ID"],
         max_age=600,
     )
+    app.add_middleware(RequestContext)  # outermost: every response gets its X-Request-ID
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(tasks_router)

@@ -1,4 +1,4 @@
-"""Apply Alembic migrations (the schema's only source), safely when several processes start at once."""
+"""Apply Alembic migrations (the schema's only source), safe when several processes start."""
 
 import fcntl
 from collections.abc import Iterator

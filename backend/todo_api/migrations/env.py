@@ -1,4 +1,4 @@
-"""Alembic environment: runs on the connection that todo_api.migrate hands it (or alembic.ini's URL)."""
+"""Alembic environment: runs on the connection todo_api.migrate hands it (or alembic.ini's URL)."""
 
 from alembic import context
 from sqlalchemy import Connection, create_engine

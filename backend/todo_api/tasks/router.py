@@ -99,7 +99,9 @@ def list_tasks(
     responses=error_responses(401, 403, 413, 422, 503),
     summary="Create a task",
 )
-def create_task(request: Request, user: CurrentUser, engine: EngineDep, task: TaskCreate) -> Response:
+def create_task(
+    request: Request, user: CurrentUser, engine: EngineDep, task: TaskCreate
+) -> Response:
     """Create a task owned by the signed-in user; `Location` names the new task."""
     with engine.begin() as conn:
         row = service.create_task(conn, owner=user, data=task)
@@ -125,7 +127,9 @@ def get_task(user: CurrentUser, engine: EngineDep, task_id: TaskId) -> Response:
     responses=error_responses(401, 403, 404, 413, 422, 503),
     summary="Update a task",
 )
-def update_task(user: CurrentUser, engine: EngineDep, task_id: TaskId, changes: TaskUpdate) -> Response:
+def update_task(
+    user: CurrentUser, engine: EngineDep, task_id: TaskId, changes: TaskUpdate
+) -> Response:
     """Change any subset of title, description and completed; `description: null` clears it."""
     with engine.begin() as conn:
         row = service.update_task(

@@ -3,7 +3,18 @@
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Connection, ColumnElement, Insert, delete, insert, not_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Insert,
+    Select,
+    and_,
+    delete,
+    insert,
+    not_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from todo_api.auth import Claims
@@ -31,7 +42,7 @@ DEFAULT_ORDER: dict[str, SortOrder] = {"created": "desc", "updated": "desc", "ti
 
 
 def _owned(owner_id: str, task_id: int) -> ColumnElement[bool]:
-    return (_c.id == task_id) & (_c.user_id == owner_id)
+    return and_(_c.id == task_id, _c.user_id == owner_id)
 
 
 def list_tasks(
@@ -45,17 +56,22 @@ def list_tasks(
     offset: int,
 ) -> tuple[list[TaskRow], bool]:
     """One page of the owner's tasks, and whether more rows follow it."""
+    stmt = list_statement(owner_id=owner_id, status=status, sort=sort, order=order)
+    rows = conn.execute(stmt.limit(limit + 1).offset(offset)).mappings().all()
+    return [dict(row) for row in rows[:limit]], len(rows) > limit
+
+
+def list_statement(
+    *, owner_id: str, status: TaskStatus, sort: TaskSort, order: SortOrder
+) -> Select[Any]:
     key = _SORT_COLUMNS[sort]
     stmt = select(*_COLUMNS).where(_c.user_id == owner_id)
     if status != "all":
         stmt = stmt.where(_c.completed == (status == "completed"))
     # id breaks ties so that pages never repeat or skip a row.
     if order == "desc":
-        stmt = stmt.order_by(key.desc(), _c.id.desc())
-    else:
-        stmt = stmt.order_by(key.asc(), _c.id.asc())
-    rows = conn.execute(stmt.limit(limit + 1).offset(offset)).mappings().all()
-    return [dict(row) for row in rows[:limit]], len(rows) > limit
+        return stmt.order_by(key.desc(), _c.id.desc())
+    return stmt.order_by(key.asc(), _c.id.asc())
 
 
 def get_task(conn: Connection, *, owner_id: str, task_id: int) -> TaskRow | None:

@@ -1,0 +1,150 @@
+"""HTTP surface: CORS on every status, OpenAPI, health probes, no 500s."""
+
+import pytest
+
+from tests.support import auth, running_app, settings_for
+
+ORIGIN = "http://localhost:3000"
+
+
+class TestCors:
+    def test_preflight_allows_the_authorization_header(self, api):
+        response = api.options(
+            "/api/alice/tasks",
+            headers={
+                "Origin": ORIGIN,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type",
+            },
+        )
+        assert response.status_code == 200
+        assert response.headers["access-control-allow-origin"] == ORIGIN
+        assert "authorization" in response.headers["access-control-allow-headers"].lower()
+        assert "POST" in response.headers["access-control-allow-methods"]
+
+    def test_unknown_origin_gets_no_allow_header(self, api):
+        response = api.get("/api/alice/tasks", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in response.headers
+
+    @pytest.mark.parametrize(
+        ("method", "url", "headers", "body", "status"),
+        [
+            ("GET", "/api/alice/tasks", {}, None, 401),
+            ("GET", "/api/bob/tasks", auth("alice"), None, 403),
+            ("GET", "/api/alice/tasks/777", auth("alice"), None, 404),
+            ("POST", "/api/alice/tasks", auth("alice"), {"title": ""}, 422),
+            ("POST", "/api/alice/tasks", auth("alice"), {"title": "x" * 70000}, 413),
+            ("POST", "/api/alice/tasks", auth("alice"), {"title": "ok"}, 201),
+        ],
+    )
+    def test_every_status_carries_cors_headers(self, api, method, url, headers, body, status):
+        response = api.request(method, url, json=body, headers={**headers, "Origin": ORIGIN})
+        assert response.status_code == status
+        assert response.headers["access-control-allow-origin"] == ORIGIN
+        assert response.headers["content-type"] == "application/json"
+
+    def test_location_and_link_are_exposed_to_browsers(self, api):
+        response = api.get("/api/alice/tasks", headers={**auth("alice"), "Origin": ORIGIN})
+        exposed = response.headers["access-control-expose-headers"].lower()
+        assert "location" in exposed
+        assert "link" in exposed
+
+    def test_origins_come_from_settings(self, sqlite_url):
+        settings = settings_for(
+            sqlite_url, cors_origins=["https://app.example", "https://b.example"]
+        )
+        with running_app(settings) as client:
+            for origin in ("https://app.example", "https://b.example"):
+                response = client.get("/livez", headers={"Origin": origin})
+                assert response.headers["access-control-allow-origin"] == origin
+            response = client.get("/livez", headers={"Origin": ORIGIN})
+            assert "access-control-allow-origin" not in response.headers
+
+
+class TestOpenApi:
+    def test_declares_bearer_and_documents_errors(self, api):
+        spec = api.get("/openapi.json").json()
+        schemes = spec["components"]["securitySchemes"]
+        assert any(s["type"] == "http" and s["scheme"] == "bearer" for s in schemes.values())
+        paths = spec["paths"]
+        assert set(paths) == {
+            "/api/{user_id}/tasks",
+            "/api/{user_id}/tasks/{task_id}",
+            "/api/{user_id}/tasks/{task_id}/complete",
+        }
+        for path, operations in paths.items():
+            for method, operation in operations.items():
+                assert operation.get("security"), (method, path)
+                assert operation.get("description"), (method, path)
+                assert {"401", "403", "422"} <= set(operation["responses"]), (method, path)
+                if "{task_id}" in path:
+                    assert "404" in operation["responses"], (method, path)
+
+    def test_docs_page_is_served(self, api):
+        response = api.get("/docs")
+        assert response.status_code == 200
+        assert "swagger" in response.text.lower()
+
+    def test_health_routes_are_not_in_the_schema(self, api):
+        paths = api.get("/openapi.json").json()["paths"]
+        assert "/livez" not in paths
+        assert "/readyz" not in paths
+
+
+class TestHealth:
+    def test_livez(self, api):
+        response = api.get("/livez")
+        assert response.status_code == 200
+        assert response.json() == {"status": "ok"}
+
+    def test_readyz_with_a_database(self, api):
+        response = api.get("/readyz")
+        assert response.status_code == 200
+        assert response.json() == {"status": "ok"}
+
+    def test_readyz_without_a_database_is_503_with_a_reason(self, tmp_path):
+        # A PostgreSQL URL where nothing listens: the app still starts (no migrations) and
+        # reports not ready instead of failing or hanging.
+        from tests.support import free_port
+
+        url = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
+        settings = settings_for(url, migrate_on_start=False, readiness_timeout_seconds=2)
+        with running_app(settings) as client:
+            assert client.get("/livez").status_code == 200
+            response = client.get("/readyz")
+            assert response.status_code == 503
+            assert response.json()["status"] == "unavailable"
+            assert "database" in response.json()["reason"]
+            tasks = client.get("/api/alice/tasks", headers=auth("alice"))
+            assert tasks.status_code == 503
+            assert tasks.json() == {"detail": "Database unavailable; try again shortly"}
+
+
+class TestNoServerErrors:
+    @pytest.mark.parametrize(
+        ("method", "url"),
+        [
+            ("GET", "/api/alice/tasks?limit=99999999999999999999999"),
+            ("GET", "/api/alice/tasks?offset=99999999999999999999999"),
+            ("GET", "/api/alice/tasks?status=%00"),
+            ("GET", "/api/alice/tasks/%00"),
+            ("GET", "/api/alice/tasks/1e3"),
+            ("POST", "/api/alice/tasks/1"),
+            ("PUT", "/api/alice/tasks"),
+            ("DELETE", "/api/alice/tasks"),
+            ("GET", "/api/alice/tasks/1/complete"),
+            ("GET", "/nowhere"),
+        ],
+    )
+    def test_odd_requests_get_a_json_4xx(self, api, method, url):
+        response = api.request(method, url, headers=auth("alice"))
+        assert 400 <= response.status_code < 500, response.text
+        assert "detail" in response.json()
+
+    def test_body_with_a_wrong_content_type_is_422(self, api):
+        response = api.post(
+            "/api/alice/tasks",
+            content=b"title=x",
+            headers={**auth("alice"), "Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert response.status_code == 422

@@ -1,0 +1,183 @@
+"""Migrations are the schema's only source: up, down, no drift, concurrent starts, index use."""
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlmodel import SQLModel
+
+from tests.support import SECRET, running_app, settings_for
+from todo_api.db import normalise_url
+from todo_api.migrate import migrate
+from todo_api.tasks import models  # noqa: F401
+from todo_api.tasks.service import list_statement
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def fresh_pg(postgres):
+    url = postgres.create_database()
+    yield url
+    postgres.drop_database(url)
+
+
+def table_names(url: str) -> set[str]:
+    engine = sa.create_engine(normalise_url(url))
+    try:
+        return set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def drift(url: str) -> list:
+    engine = sa.create_engine(normalise_url(url))
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            return compare_metadata(context, SQLModel.metadata)
+    finally:
+        engine.dispose()
+
+
+class TestPostgres:
+    def test_up_down_up(self, fresh_pg):
+        settings = settings_for(fresh_pg)
+        migrate(settings)
+        assert {"users", "tasks", "alembic_version"} <= table_names(fresh_pg)
+        migrate(settings, "base", downgrade=True)
+        assert table_names(fresh_pg) == {"alembic_version"}
+        migrate(settings)
+        assert {"users", "tasks"} <= table_names(fresh_pg)
+
+    def test_models_and_migrations_do_not_drift(self, fresh_pg):
+        migrate(settings_for(fresh_pg))
+        assert drift(fresh_pg) == []
+
+    def test_direct_url_is_used_for_migrations(self, fresh_pg):
+        settings = settings_for(
+            "postgresql://nobody@127.0.0.1:1/unreachable", database_url_direct=fresh_pg
+        )
+        migrate(settings)
+        assert "tasks" in table_names(fresh_pg)
+
+    def test_concurrent_migrate_commands_on_an_empty_database(self, fresh_pg):
+        env = {"DATABASE_URL": fresh_pg, "PATH": str(BIN)}
+
+        def run(_: int) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [str(BIN / "todo-api"), "migrate"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            results = list(pool.map(run, range(6)))
+        assert [r.returncode for r in results] == [0] * 6, [r.stderr for r in results]
+        engine = sa.create_engine(normalise_url(fresh_pg))
+        with engine.connect() as conn:
+            versions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
+        engine.dispose()
+        assert len(versions) == 1
+        assert drift(fresh_pg) == []
+
+    def test_concurrent_app_starts_migrate_once(self, fresh_pg):
+        settings = settings_for(fresh_pg)
+
+        def start(_: int) -> int:
+            with running_app(settings) as client:
+                return client.get("/readyz").status_code
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            assert list(pool.map(start, range(4))) == [200] * 4
+        assert drift(fresh_pg) == []
+
+
+class TestSqlite:
+    def test_up_down_and_no_drift(self, tmp_path):
+        url = f"sqlite:///{tmp_path / 'm.db'}"
+        settings = settings_for(url)
+        migrate(settings)
+        assert drift(url) == []
+        migrate(settings, "base", downgrade=True)
+        assert table_names(url) == {"alembic_version"}
+
+
+@pytest.fixture(scope="module")
+def big_db(postgres):
+    """50,000 tasks over 200 users, analysed."""
+    url = postgres.create_database()
+    migrate(settings_for(url))
+    engine = sa.create_engine(normalise_url(url))
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("INSERT INTO users (id) SELECT 'u' || g FROM generate_series(1, 200) g")
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO tasks (user_id, title, completed, created_at, updated_at) "
+                "SELECT 'u' || (g % 200 + 1), 'task ' || g, g % 3 = 0, "
+                "now() - g * interval '1 second', now() FROM generate_series(1, 50000) g"
+            )
+        )
+        conn.execute(sa.text("ANALYZE"))
+    yield engine
+    engine.dispose()
+    postgres.drop_database(url)
+
+
+class TestListQueryPlan:
+    """The list query reads one user's rows off an index, in order: no sort, no other users."""
+
+    @pytest.mark.parametrize("status", ["all", "pending", "completed"])
+    @pytest.mark.parametrize("order", ["desc", "asc"])
+    def test_newest_first_uses_an_index_without_sorting(self, big_db, status, order):
+        stmt = list_statement(owner_id="u7", status=status, sort="created", order=order).limit(51)
+        compiled = stmt.compile(big_db, compile_kwargs={"literal_binds": True})
+        with big_db.connect() as conn:
+            plan = "\n".join(conn.execute(sa.text(f"EXPLAIN {compiled}")).scalars())
+        assert "Index" in plan and "ix_tasks_user" in plan, plan
+        assert "Sort" not in plan, plan
+        assert "Seq Scan" not in plan, plan
+
+
+def test_app_refuses_to_start_without_a_way_to_verify_tokens(tmp_path):
+    result = subprocess.run(
+        [str(BIN / "python"), "-c", "from todo_api.cli import main; main(['serve'])"],
+        env={"DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "PATH": str(BIN), "PORT": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "BETTER_AUTH_SECRET" in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("secret", "message"),
+    [("short", "at least 32"), ("change-me-" + "x" * 40, "placeholder")],
+)
+def test_weak_or_placeholder_secrets_are_refused(secret, message):
+    from todo_api.config import Settings
+
+    with pytest.raises(ValueError, match=message):
+        Settings(better_auth_secret=secret)
+
+
+def test_jwks_issuer_and_audience_default_to_better_auth_url():
+    from todo_api.config import Settings
+
+    settings = Settings(better_auth_url="https://auth.example/", better_auth_secret=SECRET)
+    assert settings.jwks_url == "https://auth.example/api/auth/jwks"
+    assert settings.jwks_issuer == settings.jwks_audience == "https://auth.example/"
+    override = Settings(better_auth_url="https://a.example", jwt_issuer="https://i.example")
+    assert override.jwks_issuer == "https://i.example"

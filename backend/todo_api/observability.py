@@ -1,0 +1,191 @@
+"""Metrics (Prometheus, multiprocess-aware), request ids and the access log."""
+
+import hmac
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_fastapi_instrumentator import Instrumentator
+from prometheus_fastapi_instrumentator.metrics import Info
+from prometheus_fastapi_instrumentator.metrics import default as default_metrics
+from sqlalchemy import Engine, event
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from todo_api.config import Settings
+from todo_api.logs import request_id_var
+
+NOT_MEASURED = ["/metrics", "/livez", "/readyz"]
+_NOT_MEASURED_PATTERNS = [f"^{path}$" for path in NOT_MEASURED]
+TASKS_PATH = "/api/{user_id}/tasks"
+
+access_log = logging.getLogger("todo_api.access")
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+
+
+class AppMetrics:
+    """Our own metrics, beside the instrumentator's HTTP ones. No label ever holds a user id."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.auth_failures = Counter(
+            "todo_auth_failures_total",
+            "Requests refused for their token, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.task_changes = Counter(
+            "todo_task_changes_total",
+            "Tasks created, updated, completed (toggled or set) and deleted",
+            ["action"],
+            registry=registry,
+        )
+        self.readiness_failures = Counter(
+            "todo_readiness_failures_total", "Readiness probes answered 503", registry=registry
+        )
+        self.pool_in_use = Gauge(
+            "todo_db_pool_connections_in_use",
+            "Database connections checked out of the pool",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+
+    def watch_pool(self, engine: Engine) -> None:
+        event.listen(engine, "checkout", lambda *_: self.pool_in_use.inc())
+        event.listen(engine, "checkin", lambda *_: self.pool_in_use.dec())
+
+    def count_task_changes(self, info: Info) -> None:
+        if info.modified_handler.startswith(TASKS_PATH) and info.response is not None:
+            action = _TASK_ACTIONS.get(
+                (info.method, info.response.status_code, info.modified_handler)
+            )
+            if action is not None:
+                self.task_changes.labels(action).inc()
+
+
+_TASK_ACTIONS = {
+    ("POST", 201, TASKS_PATH): "created",
+    ("PUT", 200, TASKS_PATH + "/{task_id}"): "updated",
+    ("PATCH", 200, TASKS_PATH + "/{task_id}/complete"): "completed",
+    ("DELETE", 204, TASKS_PATH + "/{task_id}"): "deleted",
+}
+
+
+def install_metrics(app: FastAPI, settings: Settings) -> AppMetrics:
+    """HTTP metrics by route template and grouped status, our own metrics, and GET /metrics.
+
+    Each app gets its own registry (the instrumentator records nothing for a second app on the
+    default one). Under Gunicorn, PROMETHEUS_MULTIPROC_DIR makes /metrics sum all workers.
+    """
+    registry = CollectorRegistry()
+    metrics = AppMetrics(registry)
+    instrumentator = Instrumentator(
+        should_group_status_codes=True,
+        should_ignore_untemplated=False,
+        should_group_untemplated=True,
+        excluded_handlers=_NOT_MEASURED_PATTERNS,
+        registry=registry,
+    )
+    # Adding any instrumentation replaces the defaults, so they are added back explicitly.
+    instrumentator.add(default_metrics(registry=registry)).add(metrics.count_task_changes)
+    instrumentator.instrument(app)
+    instrumentator.expose(
+        app,
+        include_in_schema=False,
+        dependencies=[Depends(_metrics_guard(settings.metrics_token))],
+    )
+    return metrics
+
+
+def _metrics_guard(token: str | None) -> Any:
+    scheme = HTTPBearer(auto_error=False)
+
+    async def guard(
+        credentials: HTTPAuthorizationCredentials | None = Depends(scheme),  # noqa: B008
+    ) -> None:
+        if token is None:
+            return
+        given = credentials.credentials if credentials else ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "Metrics require the METRICS_TOKEN bearer token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    return guard
+
+
+# ---------------------------------------------------------------------------------------------
+# Request ids and access logs
+
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+class RequestContext:
+    """Gives each request an id (a valid incoming X-Request-ID, or a new one), returns it as
+    X-Request-ID, and writes one access log line with the route template, status and duration.
+    Written as plain ASGI so that it costs one function call per request, not a task hop."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
+        reset = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status_code = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = message["status"]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                ]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "none"
+            if template not in NOT_MEASURED and access_log.isEnabledFor(logging.INFO):
+                access_log.info(
+                    "%s %s %s",
+                    scope["method"],
+                    template,
+                    status_code,
+                    extra={
+                        "method": scope["method"],
+                        "route": template,
+                        "status": status_code,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    },
+                )
+            request_id_var.reset(reset)
+
+
+def _incoming_request_id(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            return text if _VALID_REQUEST_ID.fullmatch(text) else None
+    return None
+
+
+def on_not_ready(metrics: AppMetrics) -> Any:
+    def record(reason: str) -> None:
+        metrics.readiness_failures.inc()
+        logging.getLogger("todo_api").warning("not ready: %s", reason)
+
+    return record
