@@ -25,6 +25,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
+            "pid": record.process,
         }
         request_id = request_id_var.get()
         if request_id:
@@ -67,5 +68,6 @@ def logging_config(log_format: str, level: str) -> dict[str, Any]:
             "gunicorn.access": {**quiet, "level": "WARNING"},
             "uvicorn.error": quiet,
             "uvicorn.access": {**quiet, "level": "WARNING"},
+            "alembic.runtime.plugins": {**quiet, "level": "WARNING"},
         },
     }

@@ -1,0 +1,47 @@
+# The two commands a newcomer needs: `make run` (the API on SQLite, with a dev secret) and
+# `make test` (the whole suite, on SQLite and PostgreSQL). Everything else is optional.
+
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := backend/.venv
+SYNCED := $(VENV)/.synced-$(UV_VERSION)
+PYTEST_ARGS ?=
+USER_ID ?= demo
+
+.PHONY: install run test lint format token serve migrate clean
+
+install: $(SYNCED)
+
+# uv itself comes from PyPI into a private virtualenv: nothing is installed system-wide.
+$(UV):
+	python3 -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(SYNCED): backend/uv.lock backend/pyproject.toml | $(UV)
+	cd backend && UV_PYTHON_DOWNLOADS=never ../$(UV) sync --frozen
+	touch $@
+
+run: install  ## the API on http://127.0.0.1:8000 (embedded SQLite, generated dev secret)
+	$(VENV)/bin/todo-api dev
+
+test: install  ## the whole suite: SQLite and PostgreSQL, real HTTP, real processes
+	cd backend && .venv/bin/pytest $(PYTEST_ARGS)
+
+lint: install
+	cd backend && .venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
+
+format: install
+	cd backend && .venv/bin/ruff format . && .venv/bin/ruff check --fix .
+
+token: install  ## make token USER_ID=alice
+	@$(VENV)/bin/todo-api token $(USER_ID)
+
+serve: install  ## production server (Gunicorn + Uvicorn workers); needs BETTER_AUTH_SECRET or BETTER_AUTH_URL
+	$(VENV)/bin/todo-api serve
+
+migrate: install
+	$(VENV)/bin/todo-api migrate
+
+clean:
+	rm -rf $(TOOLS) $(VENV) backend/.pytest_cache backend/.mypy_cache backend/.ruff_cache
