@@ -101,9 +101,12 @@ Try it:
 """,
         flush=True,
     )
+    from todo_api.config import ServerSettings
     from todo_api.logs import logging_config
 
-    log_config = logging_config(os.environ.get("LOG_FORMAT", "text"), "info")
+    # Text logs for a person at a terminal, unless LOG_FORMAT says otherwise.
+    server = ServerSettings(**({} if "LOG_FORMAT" in os.environ else {"log_format": "text"}))
+    log_config = logging_config(server.log_format, server.log_level)
     uvicorn.run("todo_api.main:app", host=host, port=port, log_config=log_config, access_log=False)
 
 

@@ -45,8 +45,6 @@ class Settings(BaseSettings):
 
     # Observability
     metrics_token: str | None = None
-    log_format: Literal["json", "text"] = "json"
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("cors_origins", mode="before")
     @classmethod
