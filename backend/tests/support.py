@@ -36,9 +36,14 @@ def free_port() -> int:
 
 def hs256(sub: str | None = "alice", *, secret: str = SECRET, **claims: Any) -> str:
     now = int(time.time())
-    payload: dict[str, Any] = {"sub": sub, "iat": now, "exp": now + 900, **claims}
+    payload: dict[str, Any] = {"sub": sub, "iat": now, "exp": now + 900, "jti": jti(), **claims}
     payload = {key: value for key, value in payload.items() if value is not None}
     return jwt.encode(payload, secret.encode(), algorithm="HS256")
+
+
+def jti() -> str:
+    """A unique token id, so that no two test tokens are the same string (and cache entry)."""
+    return uuid.uuid4().hex
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -61,7 +66,15 @@ class SigningKey:
 
     def sign(self, sub: str | None, issuer: str, **claims: Any) -> str:
         now = int(time.time())
-        payload = {"sub": sub, "iat": now, "exp": now + 900, "iss": issuer, "aud": issuer, **claims}
+        payload = {
+            "sub": sub,
+            "iat": now,
+            "exp": now + 900,
+            "iss": issuer,
+            "aud": issuer,
+            "jti": jti(),
+            **claims,
+        }
         payload = {key: value for key, value in payload.items() if value is not None}
         return jwt.encode(payload, self.private, algorithm="EdDSA", headers={"kid": self.kid})
 

@@ -110,6 +110,11 @@ class TokenVerifier:
         self._audience = settings.jwt_audience
         self._jwks_issuer = settings.jwks_issuer
         self._jwks_audience = settings.jwks_audience
+        # A token, once verified, is the same string until it expires: a client sends it with
+        # every request, so the signature check (the largest CPU cost per request) runs once.
+        # Only successes are cached, keyed by the whole token; event-loop use only (no lock).
+        self._verified: dict[str, Claims] = {}
+        self._cache_size = settings.jwt_cache_size
         url = settings.jwks_url
         self.jwks = (
             JwksKeys(
@@ -123,6 +128,21 @@ class TokenVerifier:
         )
 
     async def verify(self, token: str) -> Claims:
+        """The token's claims, from the cache while it is unexpired, else verified in full."""
+        claims = self._verified.get(token)
+        if claims is not None:
+            if time.time() <= claims.exp + self._leeway:
+                return claims
+            del self._verified[token]
+        claims = await self._verify(token)
+        if self._cache_size:
+            if len(self._verified) >= self._cache_size:
+                # Evict the oldest entry (dicts keep insertion order): bounded, no LRU needed.
+                self._verified.pop(next(iter(self._verified)))
+            self._verified[token] = claims
+        return claims
+
+    async def _verify(self, token: str) -> Claims:
         alg, kid = _unverified_header(token)
         if alg == "HS256" and self._secret is not None:
             return self._decode(token, self._secret, alg, self._issuer, self._audience)

@@ -105,8 +105,9 @@ Try it:
     from todo_api.logs import logging_config
 
     # Text logs for a person at a terminal, unless LOG_FORMAT says otherwise.
-    server = ServerSettings(**({} if "LOG_FORMAT" in os.environ else {"log_format": "text"}))
-    log_config = logging_config(server.log_format, server.log_level)
+    server = ServerSettings()
+    log_format = server.log_format if "LOG_FORMAT" in os.environ else "text"
+    log_config = logging_config(log_format, server.log_level)
     uvicorn.run("todo_api.main:app", host=host, port=port, log_config=log_config, access_log=False)
 
 

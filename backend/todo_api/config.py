@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     db_pool_timeout: float = Field(default=10.0, gt=0)
     db_pool_recycle: int = Field(default=240, ge=-1)  # under Neon's 5-minute idle suspend
     db_pool_pre_ping: bool = True
+    db_ping_after_idle_seconds: float = Field(default=5.0, ge=0)
     db_connect_timeout: int = Field(default=5, ge=1, le=120)
     migrate_on_start: bool = True
 
@@ -34,6 +35,7 @@ class Settings(BaseSettings):
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
     jwt_leeway_seconds: int = Field(default=30, ge=0, le=300)
+    jwt_cache_size: int = Field(default=4096, ge=0, le=1_000_000)
     jwks_cache_seconds: int = Field(default=300, ge=1)
     jwks_min_refresh_seconds: int = Field(default=30, ge=0)
     jwks_timeout_seconds: float = Field(default=3.0, gt=0, le=30)

@@ -1,7 +1,7 @@
 """Thin HTTP handlers for /api/{user_id}/tasks: parse, call the service, shape the response.
 
 Handlers are plain `def`: FastAPI runs each in the threadpool once, and all of a request's
-database work happens inside that one call, in one transaction.
+database work happens inside that one call.
 """
 
 from typing import Annotated, Any
@@ -75,7 +75,7 @@ def list_tasks(
     offset: Annotated[int, Query(ge=0, le=INT32_MAX)] = 0,
 ) -> Response:
     """The user's tasks, one page at a time; a `Link: rel="next"` header points at the next page."""
-    with engine.begin() as conn:
+    with engine.connect() as conn:
         rows, more = service.list_tasks(
             conn,
             owner_id=user.sub,
@@ -103,7 +103,7 @@ def create_task(
     request: Request, user: CurrentUser, engine: EngineDep, task: TaskCreate
 ) -> Response:
     """Create a task owned by the signed-in user; `Location` names the new task."""
-    with engine.begin() as conn:
+    with engine.connect() as conn:
         row = service.create_task(conn, owner=user, data=task)
     location = f"{_tasks_url(request, user.sub)}/{row['id']}"
     return _task(row, status.HTTP_201_CREATED, Location=location)
@@ -117,7 +117,7 @@ def create_task(
 )
 def get_task(user: CurrentUser, engine: EngineDep, task_id: TaskId) -> Response:
     """One of the user's tasks."""
-    with engine.begin() as conn:
+    with engine.connect() as conn:
         return _task(service.get_task(conn, owner_id=user.sub, task_id=task_id))
 
 
@@ -131,7 +131,7 @@ def update_task(
     user: CurrentUser, engine: EngineDep, task_id: TaskId, changes: TaskUpdate
 ) -> Response:
     """Change any subset of title, description and completed; `description: null` clears it."""
-    with engine.begin() as conn:
+    with engine.connect() as conn:
         row = service.update_task(
             conn, owner_id=user.sub, task_id=task_id, changes=changes.model_dump(exclude_unset=True)
         )
@@ -147,7 +147,7 @@ def update_task(
 )
 def delete_task(user: CurrentUser, engine: EngineDep, task_id: TaskId) -> Response:
     """Delete one of the user's tasks."""
-    with engine.begin() as conn:
+    with engine.connect() as conn:
         if not service.delete_task(conn, owner_id=user.sub, task_id=task_id):
             raise _not_found()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -166,7 +166,7 @@ def complete_task(
     body: Annotated[CompletionSet | None, Body()] = None,
 ) -> Response:
     """Flip `completed`; with a body `{"completed": true|false}` set it instead."""
-    with engine.begin() as conn:
+    with engine.connect() as conn:
         row = service.set_completed(
             conn, owner_id=user.sub, task_id=task_id, completed=body.completed if body else None
         )
