@@ -94,7 +94,7 @@ Todo API (development) on {base}   docs: {base}/docs
 Database: {os.environ.get("DATABASE_URL") or "embedded SQLite file ./todo.db"}
 
 Get a token for any user id (valid 60 minutes):
-    backend/.venv/bin/todo-api token demo        (or: make token USER=demo)
+    backend/.venv/bin/todo-api token demo        (or: make token USER_ID=demo)
 Try it:
     TOKEN={token}
     curl -s -H "Authorization: Bearer $TOKEN" {base}/api/demo/tasks
