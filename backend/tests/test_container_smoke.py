@@ -24,8 +24,8 @@ import jwt
 import pytest
 import sqlalchemy as sa
 
+from tests.deploy_files import compose_environment, compose_services, exec_form, runtime_stage
 from tests.support import PostgresServer, free_port
-from tests.test_deploy import compose_environment, compose_services, exec_form, runtime_stage
 from todo_api.db import normalise_url
 
 pytestmark = pytest.mark.slow
