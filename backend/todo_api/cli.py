@@ -102,12 +102,13 @@ Try it:
         flush=True,
     )
     from todo_api.config import ServerSettings
-    from todo_api.logs import logging_config
+    from todo_api.logs import logging_config, skip_unused_record_fields
 
     # Text logs for a person at a terminal, unless LOG_FORMAT says otherwise.
     server = ServerSettings()
     log_format = server.log_format if "LOG_FORMAT" in os.environ else "text"
     log_config = logging_config(log_format, server.log_level)
+    skip_unused_record_fields()
     uvicorn.run("todo_api.main:app", host=host, port=port, log_config=log_config, access_log=False)
 
 

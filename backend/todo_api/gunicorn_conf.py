@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from todo_api.config import ServerSettings
-from todo_api.logs import logging_config
+from todo_api.logs import logging_config, skip_unused_record_fields
 
 _settings = ServerSettings()
 
@@ -36,6 +36,7 @@ accesslog = None
 errorlog = "-"
 loglevel = _settings.log_level
 logconfig_dict = logging_config(_settings.log_format, _settings.log_level)
+skip_unused_record_fields()
 
 
 def on_starting(server: Any) -> None:

@@ -50,6 +50,18 @@ class TextFormatter(logging.Formatter):
         return super().format(record)
 
 
+def skip_unused_record_fields() -> None:
+    """Stop the logging module from computing what our formats never show.
+
+    By default every record walks the stack for its file and line and looks up its thread and
+    multiprocessing names: about a third of the cost of the per-request access line. These are
+    the switches the logging documentation gives for this ("Optimization").
+    """
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+
+
 def logging_config(log_format: str, level: str) -> dict[str, Any]:
     """A dictConfig for the app, Uvicorn and Gunicorn: everything to stdout in one format."""
     formatter = "todo_api.logs.JsonFormatter"
