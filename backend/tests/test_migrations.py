@@ -15,7 +15,7 @@ from tests.support import SECRET, running_app, settings_for
 from todo_api.db import normalise_url
 from todo_api.migrate import migrate
 from todo_api.tasks import models  # noqa: F401
-from todo_api.tasks.service import list_statement
+from todo_api.tasks.service import LIST_STATEMENTS
 
 BIN = Path(sys.executable).parent
 
@@ -140,10 +140,10 @@ class TestListQueryPlan:
     @pytest.mark.parametrize("status", ["all", "pending", "completed"])
     @pytest.mark.parametrize("order", ["desc", "asc"])
     def test_newest_first_uses_an_index_without_sorting(self, big_db, status, order):
-        stmt = list_statement(owner_id="u7", status=status, sort="created", order=order).limit(51)
-        compiled = stmt.compile(big_db, compile_kwargs={"literal_binds": True})
+        compiled = LIST_STATEMENTS[status, "created", order].compile(big_db)
+        params = {"owner_id": "u7", "limit": 51, "offset": 0}
         with big_db.connect() as conn:
-            plan = "\n".join(conn.execute(sa.text(f"EXPLAIN {compiled}")).scalars())
+            plan = "\n".join(row[0] for row in conn.exec_driver_sql(f"EXPLAIN {compiled}", params))
         assert "Index" in plan and "ix_tasks_user" in plan, plan
         assert "Sort" not in plan, plan
         assert "Seq Scan" not in plan, plan
