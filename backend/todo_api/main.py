@@ -1,5 +1,6 @@
 """The application factory: settings -> a FastAPI app with its engine, verifier and routes."""
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -32,6 +33,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limiter = anyio.to_thread.current_default_thread_limiter()
         limiter.total_tokens = settings.db_pool_size + settings.db_max_overflow
         app.state.engine = engine
+        # Everything built so far lives as long as the process: keep the garbage collector from
+        # walking it again on every full collection (shorter pauses, so a lower p99).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

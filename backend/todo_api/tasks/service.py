@@ -14,6 +14,7 @@ from sqlalchemy import (
     Integer,
     Result,
     Select,
+    Table,
     Text,
     Update,
     and_,
@@ -33,20 +34,11 @@ from todo_api.tasks.models import SortOrder, Task, TaskCreate, TaskSort, TaskSta
 
 TaskRow = dict[str, Any]
 
-# The public task, selected as columns: no ORM objects are built on the request path.
-_COLUMNS = (
-    Task.__table__.c.id,  # type: ignore[attr-defined]
-    Task.__table__.c.user_id,  # type: ignore[attr-defined]
-    Task.__table__.c.title,  # type: ignore[attr-defined]
-    Task.__table__.c.description,  # type: ignore[attr-defined]
-    Task.__table__.c.completed,  # type: ignore[attr-defined]
-    Task.__table__.c.created_at,  # type: ignore[attr-defined]
-    Task.__table__.c.updated_at,  # type: ignore[attr-defined]
-)
-_tasks = Task.__table__  # type: ignore[attr-defined]
-_users = User.__table__  # type: ignore[attr-defined]
+_tasks: Table = Task.__table__  # type: ignore[attr-defined]
+_users: Table = User.__table__  # type: ignore[attr-defined]
 _c = _tasks.c
-
+# The public task, selected as columns (the table's, in order): no ORM objects on the request path.
+_COLUMNS = tuple(_tasks.c)
 _KEYS = tuple(column.name for column in _COLUMNS)
 _OWNER_ID = bindparam("owner_id", type_=Text())
 _TASK_ID = bindparam("task_id", type_=Integer())
