@@ -7,9 +7,10 @@ UV := $(TOOLS)/bin/uv
 VENV := backend/.venv
 SYNCED := $(VENV)/.synced-$(UV_VERSION)
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 USER_ID ?= demo
 
-.PHONY: install run test lint format token serve migrate clean
+.PHONY: install run test lint format token serve migrate bench clean
 
 install: $(SYNCED)
 
@@ -42,6 +43,10 @@ serve: install  ## production server (Gunicorn + Uvicorn workers); needs BETTER_
 
 migrate: install
 	$(VENV)/bin/todo-api migrate
+
+bench: install  ## product vs floor benchmark, ~10 min (needs wrk: apt-get install wrk)
+	cd backend && UV_PYTHON_DOWNLOADS=never ../$(UV) sync --frozen --group bench
+	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(TOOLS) $(VENV) backend/.pytest_cache backend/.mypy_cache backend/.ruff_cache
