@@ -154,12 +154,21 @@ class TestTwoWorkers:
         with gunicorn(pg_database, tmp_path, **env) as server:
             first = server.worker_pids()
             headers = auth("alice")
-            for _ in range(80):
-                response = server.request("GET", "/api/alice/tasks", headers=headers)
+            served = resets = 0
+            while served < 80:
+                try:
+                    response = server.request("GET", "/api/alice/tasks", headers=headers)
+                except httpx.TransportError:
+                    # A connection accepted by a worker in its last moments is closed unread
+                    # (Uvicorn's shutdown): nothing was served, and a client retries.
+                    resets += 1
+                    assert resets <= 10
+                    continue
                 assert response.status_code == 200
+                served += 1
             time.sleep(1)
             assert len(server.worker_pids() - first) >= 2, "no worker was recycled"
-            assert counted_eventually(server, 80) == 80
+            assert counted_eventually(server, served) == served
 
     def test_a_killed_worker_is_replaced_and_its_counts_are_kept(self, pg_database, tmp_path):
         with gunicorn(pg_database, tmp_path) as server:
