@@ -87,6 +87,7 @@ def api(server: httpx.Client, engine: sa.Engine, jwks: JwksServer) -> httpx.Clie
             conn.execute(sa.text("DELETE FROM tasks"))
             conn.execute(sa.text("DELETE FROM users"))
     jwks.up = True
+    jwks.document = None
     server.headers.clear()
     return server
 

@@ -19,6 +19,7 @@ import jwt
 import sqlalchemy as sa
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
 from todo_api.config import Settings
@@ -85,6 +86,7 @@ class JwksServer:
     def __init__(self) -> None:
         self.keys: list[SigningKey] = [SigningKey(kid="key-1")]
         self.up = True
+        self.document: object | None = None  # served instead of the keys when set
         self.fetches = 0
         outer = self
 
@@ -94,7 +96,10 @@ class JwksServer:
                 if not outer.up or self.path != "/api/auth/jwks":
                     self.send_error(503 if not outer.up else 404)
                     return
-                body = json.dumps({"keys": [key.jwk() for key in outer.keys]}).encode()
+                document = outer.document
+                if document is None:
+                    document = {"keys": [key.jwk() for key in outer.keys]}
+                body = json.dumps(document).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -117,11 +122,11 @@ class JwksServer:
 
 
 @contextlib.contextmanager
-def running_app(settings: Settings) -> Iterator[httpx.Client]:
-    """The real app behind a real uvicorn server on a free port, with an HTTP client for it."""
+def running_app(settings: Settings, app: FastAPI | None = None) -> Iterator[httpx.Client]:
+    """The real app (or `app`) behind a real uvicorn server on a free port, with a client."""
     port = free_port()
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        app or create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

@@ -256,3 +256,46 @@ class TestForbidden:
     def test_jwks_token_for_another_user_is_403(self, api, jwks):
         response = api.get("/api/bob/tasks", headers=bearer(jwks.sign("alice")))
         assert response.status_code == 403
+
+
+class TestJwksDocument:
+    @pytest.mark.parametrize("document", [[], 42, "keys", {"keys": "nope"}, {"keys": []}])
+    def test_a_jwks_that_is_not_a_key_set_is_503(self, api, jwks, document):
+        jwks.document = document
+        token = SigningKey(kid="not-cached").sign("alice", jwks.base_url)
+        response = api.get(URL, headers=bearer(token))
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "5"
+
+
+@pytest.fixture(scope="module")
+def no_leeway(sqlite_url):
+    """An app that allows no clock skew, so that expiry can be waited for."""
+    with running_app(settings_for(sqlite_url, jwt_leeway_seconds=0)) as client:
+        yield client
+
+
+class TestVerifiedTokenCache:
+    def test_a_cached_token_is_refused_once_it_expires(self, no_leeway):
+        token = hs256(exp=int(time.time()) + 2)
+        assert no_leeway.get(URL, headers=bearer(token)).status_code == 200
+        assert no_leeway.get(URL, headers=bearer(token)).status_code == 200
+        time.sleep(3.1)
+        assert_401(no_leeway.get(URL, headers=bearer(token)), "expired")
+
+    def test_the_cache_can_be_turned_off(self, sqlite_url):
+        with running_app(settings_for(sqlite_url, jwt_cache_size=0)) as client:
+            token = hs256()
+            for _ in range(3):
+                assert client.get(URL, headers=bearer(token)).status_code == 200
+            assert_401(client.get(URL, headers=bearer(hs256(exp=int(time.time()) - 60))))
+
+    def test_a_refused_token_is_not_remembered_as_good(self, api):
+        token = hs256(nbf=int(time.time()) + 600)
+        for _ in range(2):
+            assert_401(api.get(URL, headers=bearer(token)))
+
+
+@pytest.mark.parametrize("sub", ["a/b", ".", ".."])
+def test_subjects_that_cannot_be_a_path_segment_are_refused(api, sub):
+    assert_401(api.get(URL, headers=bearer(hs256(sub))), "subject")

@@ -148,3 +148,42 @@ class TestNoServerErrors:
             headers={**auth("alice"), "Content-Type": "application/x-www-form-urlencoded"},
         )
         assert response.status_code == 422
+
+
+class TestUnexpectedErrors:
+    def test_a_crash_is_a_json_500_with_cors_and_request_id(self, sqlite_url):
+        from todo_api.main import create_app
+
+        app = create_app(settings_for(sqlite_url))
+
+        @app.get("/crash")
+        def crash() -> None:
+            raise RuntimeError("boom")
+
+        with running_app(settings_for(sqlite_url), app) as client:
+            response = client.get("/crash", headers={"Origin": ORIGIN, "X-Request-ID": "r-1"})
+        assert response.status_code == 500
+        assert response.json() == {"detail": "Internal server error"}
+        assert response.headers["access-control-allow-origin"] == ORIGIN
+        assert response.headers["x-request-id"] == "r-1"
+        assert "boom" not in response.text
+
+    @pytest.mark.parametrize(
+        ("content_type", "body"),
+        [
+            ("text/plain", b"\xff\xfe"),
+            (None, b"\xff"),
+            ("application/json", b'{"title": NaN}'),
+            ("application/json", b'{"title": 1e400}'),
+            ("application/json", b'{"title": -Infinity}'),
+        ],
+    )
+    def test_undecodable_or_non_finite_bodies_are_a_renderable_422(self, api, content_type, body):
+        headers = auth("alice")
+        if content_type:
+            headers["Content-Type"] = content_type
+        for path in ("/api/alice/tasks", "/api/alice/tasks/1/complete"):
+            method = "POST" if path.endswith("tasks") else "PATCH"
+            response = api.request(method, path, content=body, headers=headers)
+            assert response.status_code == 422, response.text
+            assert "detail" in response.json()  # strict JSON: no bare NaN or Infinity

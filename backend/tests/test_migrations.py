@@ -178,6 +178,7 @@ def test_jwks_issuer_and_audience_default_to_better_auth_url():
 
     settings = Settings(better_auth_url="https://auth.example/", better_auth_secret=SECRET)
     assert settings.jwks_url == "https://auth.example/api/auth/jwks"
-    assert settings.jwks_issuer == settings.jwks_audience == "https://auth.example/"
+    # Better Auth's `iss` and `aud` have no trailing slash, whatever the setting has.
+    assert settings.jwks_issuer == settings.jwks_audience == "https://auth.example"
     override = Settings(better_auth_url="https://a.example", jwt_issuer="https://i.example")
     assert override.jwks_issuer == "https://i.example"

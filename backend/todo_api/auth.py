@@ -6,6 +6,7 @@ with the keys Better Auth publishes at its JWKS endpoint.
 """
 
 import json
+import logging
 import math
 import threading
 import time
@@ -20,6 +21,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from todo_api.config import Settings
 
+log = logging.getLogger("todo_api.auth")
+_jwks_threads = anyio.CapacityLimiter(4)
 ASYMMETRIC_ALGORITHMS = frozenset({"EdDSA", "ES256", "ES512", "RS256", "PS256"})
 USER_ID_MAX = 255
 
@@ -73,31 +76,45 @@ class JwksKeys:
 
     def get(self, kid: str) -> jwt.PyJWK:
         """The key for `kid`, fetching the set if needed (blocking: call from a thread)."""
-        with self._lock:
-            now = time.monotonic()
-            fresh = now - self._fetched_at < self._ttl
-            if not (fresh and kid in self._keys) and now - self._attempted_at >= self._min_refresh:
-                self._attempted_at = now
-                try:
-                    self._keys = self._fetch()
-                    self._fetched_at = now
-                    self._last_fetch_failed = False
-                except JwksUnavailable:
-                    self._last_fetch_failed = True
-            key = self._keys.get(kid)
-            if key is not None:
-                return key
-            if self._last_fetch_failed:
-                raise JwksUnavailable(self._url)
-            raise AuthError("unknown_key", "Token signing key is not known")
+        stale = self._keys.get(kid)
+        if stale is not None and not self._lock.acquire(blocking=False):
+            # Another thread is refetching: the key we have serves meanwhile, so a slow or
+            # unreachable JWKS never holds up requests whose key is already known.
+            return stale
+        if stale is None:
+            self._lock.acquire()
+        try:
+            return self._get_locked(kid)
+        finally:
+            self._lock.release()
+
+    def _get_locked(self, kid: str) -> jwt.PyJWK:
+        now = time.monotonic()
+        fresh = now - self._fetched_at < self._ttl
+        if not (fresh and kid in self._keys) and now - self._attempted_at >= self._min_refresh:
+            self._attempted_at = now
+            try:
+                self._keys = self._fetch()
+                self._fetched_at = now
+                self._last_fetch_failed = False
+            except JwksUnavailable:
+                self._last_fetch_failed = True
+        key = self._keys.get(kid)
+        if key is not None:
+            return key
+        if self._last_fetch_failed:
+            raise JwksUnavailable(self._url)
+        raise AuthError("unknown_key", "Token signing key is not known")
 
     def _fetch(self) -> dict[str, jwt.PyJWK]:
         request = urllib.request.Request(self._url, headers={"Accept": "application/json"})  # noqa: S310
         try:
             with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
                 document = json.loads(response.read(1024 * 1024))
+            if not isinstance(document, dict):
+                raise ValueError("the JWKS is not a JSON object")
             keyset = jwt.PyJWKSet.from_dict(document)
-        except (OSError, ValueError, jwt.PyJWTError) as error:
+        except (OSError, ValueError, TypeError, AttributeError, jwt.PyJWTError) as error:
             raise JwksUnavailable(str(error)) from error
         return {key.key_id: key for key in keyset.keys if key.key_id}
 
@@ -116,6 +133,11 @@ class TokenVerifier:
         self._verified: dict[str, Claims] = {}
         self._cache_size = settings.jwt_cache_size
         url = settings.jwks_url
+        if url and not (self._jwks_issuer and self._jwks_audience):
+            log.warning(
+                "JWKS tokens are accepted without an issuer or audience check: set "
+                "BETTER_AUTH_URL, or JWT_ISSUER and JWT_AUDIENCE"
+            )
         self.jwks = (
             JwksKeys(
                 url,
@@ -151,7 +173,8 @@ class TokenVerifier:
                 raise AuthError("malformed", "Token has no key id")
             key = self.jwks.peek(kid)
             if key is None:
-                key = await anyio.to_thread.run_sync(self.jwks.get, kid)
+                # Its own threads: a JWKS fetch must not take a database request's thread.
+                key = await anyio.to_thread.run_sync(self.jwks.get, kid, limiter=_jwks_threads)
             if key.algorithm_name != alg:
                 raise AuthError("bad_algorithm", "Token algorithm does not match its key")
             return self._decode(token, key, alg, self._jwks_issuer, self._jwks_audience)
@@ -200,7 +223,14 @@ def _unverified_header(token: str) -> tuple[str, str | None]:
 
 def _claims(payload: dict[str, Any]) -> Claims:
     sub = payload["sub"]
-    if not isinstance(sub, str) or not 0 < len(sub) <= USER_ID_MAX or not sub.isprintable():
+    # A user id becomes a path segment: "/", "." and ".." could never address their own tasks.
+    if (
+        not isinstance(sub, str)
+        or not 0 < len(sub) <= USER_ID_MAX
+        or not sub.isprintable()
+        or "/" in sub
+        or sub in {".", ".."}
+    ):
         raise AuthError("bad_subject", "Token subject is not a valid user id")
 
     def text(name: str) -> str | None:

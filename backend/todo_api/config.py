@@ -14,7 +14,9 @@ class ConfigError(ValueError):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_file=None, extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     # Database
     database_url: str = DEFAULT_SQLITE_URL
@@ -74,8 +76,9 @@ class Settings(BaseSettings):
         secret = self.better_auth_secret
         if secret is not None and len(secret) < 32:
             raise ValueError("BETTER_AUTH_SECRET must be at least 32 characters long")
-        if secret is not None and "change-me" in secret.lower():
-            raise ValueError("BETTER_AUTH_SECRET is still the placeholder from .env.example")
+        for name, value in (("BETTER_AUTH_SECRET", secret), ("METRICS_TOKEN", self.metrics_token)):
+            if value is not None and "change-me" in value.lower():
+                raise ValueError(f"{name} is still a placeholder (it contains 'change-me')")
         return self
 
     def require_token_keys(self) -> None:
@@ -96,11 +99,16 @@ class Settings(BaseSettings):
 
     @property
     def jwks_issuer(self) -> str | None:
-        return self.jwt_issuer or self.better_auth_url
+        return self.jwt_issuer or self._better_auth_base
 
     @property
     def jwks_audience(self) -> str | None:
-        return self.jwt_audience or self.better_auth_url
+        return self.jwt_audience or self._better_auth_base
+
+    @property
+    def _better_auth_base(self) -> str | None:
+        # Better Auth puts its base URL without a trailing slash into `iss` and `aud`.
+        return self.better_auth_url.rstrip("/") if self.better_auth_url else None
 
     @property
     def migration_url(self) -> str:
@@ -114,7 +122,9 @@ class Settings(BaseSettings):
 class ServerSettings(BaseSettings):
     """How Gunicorn runs the app (read by todo_api/gunicorn_conf.py in the master process)."""
 
-    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_file=None, extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     host: str = "0.0.0.0"  # noqa: S104  (a container must listen on all interfaces)
     port: int = Field(default=8000, ge=0, le=65535)

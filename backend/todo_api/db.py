@@ -28,7 +28,9 @@ def create_db_engine(settings: Settings, *, url: str | None = None, pooled: bool
     saves the BEGIN and COMMIT round trips; what is acknowledged has been committed.
     """
     target = make_url(normalise_url(url or settings.database_url))
+    # hide_parameters: error messages (and so logs) never carry titles, emails or other user data.
     pool_args: dict[str, Any] = {
+        "hide_parameters": True,
         "pool_size": settings.db_pool_size,
         "max_overflow": settings.db_max_overflow,
         "pool_timeout": settings.db_pool_timeout,
@@ -47,7 +49,9 @@ def create_db_engine(settings: Settings, *, url: str | None = None, pooled: bool
         "application_name": "todo-api",
     }
     if not pooled:
-        return create_engine(target, connect_args=connect_args, poolclass=NullPool)
+        return create_engine(
+            target, connect_args=connect_args, poolclass=NullPool, hide_parameters=True
+        )
     engine = create_engine(
         target,
         connect_args=connect_args,

@@ -4,7 +4,6 @@ This file runs in the master before any worker exists; it opens no database conn
 """
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -42,13 +41,10 @@ skip_unused_record_fields()
 def on_starting(server: Any) -> None:
     """Start from an empty metrics directory: samples of a previous run must not be summed."""
     directory = Path(_metrics_dir)
-    if directory.exists():
-        for entry in directory.iterdir():
-            if entry.is_dir():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
     directory.mkdir(parents=True, exist_ok=True)
+    # Only prometheus_client's sample files: a directory named by mistake loses nothing else.
+    for samples in directory.glob("*.db"):
+        samples.unlink()
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -22,7 +22,7 @@ async def livez() -> dict[str, str]:
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
     """The database answers within READINESS_TIMEOUT_SECONDS, else 503 with the reason."""
-    engine: Engine = request.app.state.engine
+    engine: Engine = request.app.state.probe_engine
     timeout: float = request.app.state.settings.readiness_timeout_seconds
     reason = None
     with anyio.move_on_after(timeout) as scope:

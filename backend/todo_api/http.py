@@ -2,6 +2,7 @@
 
 import json
 import logging
+import math
 from typing import Any
 
 import orjson
@@ -88,11 +89,43 @@ class BodySizeLimit:
         return f"Request body is larger than {self.max_bytes} bytes"
 
 
+class CatchAll:
+    """Any exception a route lets escape becomes a bare JSON 500, logged once with its request id.
+
+    Starlette runs a handler registered for `Exception` outside every middleware, so such a 500
+    would lack the CORS headers and X-Request-ID; this sits inside them instead.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception:
+            if started:
+                raise
+            log.exception("unhandled error")
+            response = JSONResponse({"detail": "Internal server error"}, 500)
+            await response(scope, receive, send)
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Database outages become 503 and anything unexpected a bare JSON 500: never a traceback."""
+    """Database outages become 503, and invalid requests a 422 that always renders."""
 
     async def database_unavailable(request: Request, exc: Exception) -> Response:
-        log.error("database error: %s", type(exc).__name__, exc_info=exc)
+        # The engine hides bound parameters, so the message carries no user data.
+        log.error("database unavailable: %s", exc)
         return JSONResponse(
             {"detail": "Database unavailable; try again shortly"},
             status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -100,17 +133,26 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     async def invalid_request(request: Request, exc: Exception) -> Response:
-        # FastAPI's shape, but ASCII-escaped: the echoed input may hold a lone surrogate,
-        # which the default handler fails to encode (a 500 for a bad request).
+        # FastAPI's shape, made safe to render: the echoed input may be bytes that are not UTF-8,
+        # a lone surrogate or a non-finite float, on which the default handler fails (a 500).
         assert isinstance(exc, RequestValidationError)
-        body = json.dumps({"detail": jsonable_encoder(exc.errors())}, ensure_ascii=True)
+        detail = _renderable(jsonable_encoder(exc.errors(), custom_encoder=_BYTES))
+        body = json.dumps({"detail": detail}, ensure_ascii=True, allow_nan=False)
         return Response(body, status.HTTP_422_UNPROCESSABLE_CONTENT, media_type="application/json")
-
-    async def unexpected(request: Request, exc: Exception) -> Response:
-        log.error("unhandled error", exc_info=exc)
-        return JSONResponse({"detail": "Internal server error"}, 500)
 
     app.add_exception_handler(RequestValidationError, invalid_request)
     for unavailable in (PoolTimeoutError, OperationalError, InterfaceError):
         app.add_exception_handler(unavailable, database_unavailable)
-    app.add_exception_handler(Exception, unexpected)
+
+
+_BYTES = {bytes: lambda raw: raw.decode("utf-8", "replace")}
+
+
+def _renderable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _renderable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_renderable(item) for item in value]
+    return value

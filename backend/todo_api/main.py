@@ -12,7 +12,7 @@ from todo_api import health
 from todo_api.auth import TokenVerifier
 from todo_api.config import Settings, get_settings
 from todo_api.db import create_db_engine
-from todo_api.http import BodySizeLimit, install_error_handlers
+from todo_api.http import BodySizeLimit, CatchAll, install_error_handlers
 from todo_api.migrate import migrate
 from todo_api.observability import RequestContext, install_metrics, on_not_ready
 from todo_api.tasks.router import router as tasks_router
@@ -28,6 +28,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await anyio.to_thread.run_sync(migrate, settings)
         engine = create_db_engine(settings)
         metrics.watch_pool(engine)
+        # Readiness opens its own connection: a busy request pool must not look like a database
+        # outage (every pod would leave the load balancer at once under load).
+        app.state.probe_engine = create_db_engine(settings, pooled=False)
         # Each request takes one thread and one connection at a time, so as many threads as
         # connections: no request holds a thread while it waits for a connection.
         limiter = anyio.to_thread.current_default_thread_limiter()
@@ -41,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             engine.dispose()
+            app.state.probe_engine.dispose()
 
     app = FastAPI(
         title="Todo Task API",
@@ -50,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.verifier = TokenVerifier(settings)
+    app.add_middleware(CatchAll)  # innermost: its 500 passes through metrics, CORS and ids
     metrics = install_metrics(app, settings)
     app.state.on_auth_failure = lambda reason: metrics.auth_failures.labels(reason).inc()
     app.state.on_not_ready = on_not_ready(metrics)

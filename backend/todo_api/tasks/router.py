@@ -40,10 +40,10 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 TaskId = Annotated[int, Path(ge=1, le=INT32_MAX, description="The task's id")]
 
 
-def _tasks_url(request: Request, owner_id: str, *, absolute: bool = False) -> str:
-    # Percent-encoded by hand: a user id may hold any character, and headers are latin-1.
-    path = f"{request.scope.get('root_path', '')}/api/{quote(owner_id, safe='')}/tasks"
-    return f"{request.url.scheme}://{request.url.netloc}{path}" if absolute else path
+def _tasks_url(request: Request, owner_id: str) -> str:
+    # Relative (nothing taken from the Host header) and percent-encoded by hand: a user id may
+    # hold any character, and headers are latin-1.
+    return f"{request.scope.get('root_path', '')}/api/{quote(owner_id, safe='')}/tasks"
 
 
 def _not_found() -> HTTPException:
@@ -88,7 +88,7 @@ def list_tasks(
     headers = {}
     if more:
         query = urlencode({**request.query_params, "offset": offset + limit})
-        headers["Link"] = f'<{_tasks_url(request, user.sub, absolute=True)}?{query}>; rel="next"'
+        headers["Link"] = f'<{_tasks_url(request, user.sub)}?{query}>; rel="next"'
     return JSONBytesResponse(rows, headers=headers)
 
 
