@@ -104,7 +104,9 @@ class TestGet:
         assert response.status_code == 404
         assert response.json() == {"detail": "Task not found"}
 
-    @pytest.mark.parametrize("task_id", ["abc", "1.5", "0", "-1", "2147483648", "9" * 30])
+    @pytest.mark.parametrize(
+        "task_id", ["abc", "1.5", "1.0", "+1", "1_0", "%201", "0", "-1", "2147483648", "9" * 30]
+    )
     def test_invalid_id_is_422(self, api, task_id):
         response = api.get(f"/api/alice/tasks/{task_id}", headers=ALICE)
         assert response.status_code == 422

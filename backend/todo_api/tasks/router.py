@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, Response, status
+from pydantic import BeforeValidator
 from sqlalchemy import Engine
 
 from todo_api.auth import CurrentUser
@@ -37,7 +38,18 @@ async def get_engine(request: Request) -> Engine:
 
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
-TaskId = Annotated[int, Path(ge=1, le=INT32_MAX, description="The task's id")]
+
+
+def _digits_only(value: object) -> object:
+    # Pydantic would also read "1.0", "+1", " 1" and "1_0" (= 10) as integers.
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("must be a whole number written in digits")
+    return value
+
+
+TaskId = Annotated[
+    int, BeforeValidator(_digits_only), Path(ge=1, le=INT32_MAX, description="The task's id")
+]
 
 
 def _tasks_url(request: Request, owner_id: str) -> str:
