@@ -80,6 +80,13 @@ class TestOpenApi:
                 if "{task_id}" in path:
                     assert "404" in operation["responses"], (method, path)
 
+    def test_task_id_is_a_bounded_integer(self, api):
+        operation = api.get("/openapi.json").json()["paths"]["/api/{user_id}/tasks/{task_id}"]
+        (task_id,) = [p for p in operation["get"]["parameters"] if p["name"] == "task_id"]
+        assert task_id["schema"]["type"] == "integer"
+        assert task_id["schema"]["minimum"] == 1
+        assert task_id["schema"]["maximum"] == 2**31 - 1
+
     def test_docs_page_is_served(self, api):
         response = api.get("/docs")
         assert response.status_code == 200

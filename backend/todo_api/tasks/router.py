@@ -48,7 +48,7 @@ def _digits_only(value: object) -> object:
 
 
 TaskId = Annotated[
-    int, BeforeValidator(_digits_only), Path(ge=1, le=INT32_MAX, description="The task's id")
+    int, Path(ge=1, le=INT32_MAX, description="The task's id"), BeforeValidator(_digits_only)
 ]
 
 
