@@ -30,10 +30,10 @@ test: install  ## the whole suite: SQLite and PostgreSQL, real HTTP, real proces
 	cd backend && .venv/bin/pytest $(PYTEST_ARGS)
 
 lint: install
-	cd backend && .venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
+	cd backend && .venv/bin/ruff check . ../bench && .venv/bin/ruff format --check . ../bench && .venv/bin/mypy
 
 format: install
-	cd backend && .venv/bin/ruff format . && .venv/bin/ruff check --fix .
+	cd backend && .venv/bin/ruff format . ../bench && .venv/bin/ruff check --fix . ../bench
 
 token: install  ## make token USER_ID=alice
 	@$(VENV)/bin/todo-api token $(USER_ID)

@@ -221,6 +221,7 @@ def product_list_sql(url: str, user_id: str, limit: int = 50) -> tuple[str, str]
     try:
         from sqlalchemy import create_engine, event
         from sqlalchemy.pool import NullPool
+
         from todo_api.db import normalise_url
         from todo_api.tasks import service
 
