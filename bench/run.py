@@ -120,6 +120,15 @@ def _interrupted(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _portable(value: object) -> object:
+    if not isinstance(value, Path):
+        return value
+    try:
+        return str(value.resolve().relative_to(BENCH_DIR.parent))
+    except ValueError:
+        return value.name
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupted)
@@ -165,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(log_dir, ignore_errors=True)
     results = {
         "machine": info,
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        # Paths relative to the repository: results are committed, machine paths are not.
+        "config": {k: _portable(v) for k, v in vars(args).items()},
         "elapsed_s": round(time.monotonic() - started, 1),
         "byte_check": byte_check,
         "runs": session.runs,
