@@ -22,19 +22,23 @@ def normalise_url(url: str) -> str:
 
 
 def create_db_engine(settings: Settings, *, url: str | None = None, pooled: bool = True) -> Engine:
-    """The request engine: pooled, and in autocommit mode.
+    """The request engine: pooled, and in autocommit mode (`pooled=False`: one connection per
+    use, for migrations and the readiness probe; on PostgreSQL with ordinary transactions).
 
     Every request runs a single SQL statement (one statement is atomic on its own), so autocommit
     saves the BEGIN and COMMIT round trips; what is acknowledged has been committed.
     """
     target = make_url(normalise_url(url or settings.database_url))
     # hide_parameters: error messages (and so logs) never carry titles, emails or other user data.
-    pool_args: dict[str, Any] = {
-        "hide_parameters": True,
-        "pool_size": settings.db_pool_size,
-        "max_overflow": settings.db_max_overflow,
-        "pool_timeout": settings.db_pool_timeout,
-    }
+    pool_args: dict[str, Any] = {"hide_parameters": True}
+    if pooled:
+        pool_args.update(
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pool_timeout=settings.db_pool_timeout,
+        )
+    else:
+        pool_args["poolclass"] = NullPool
     if target.get_backend_name() == "sqlite":
         engine = create_engine(
             target,
@@ -49,9 +53,7 @@ def create_db_engine(settings: Settings, *, url: str | None = None, pooled: bool
         "application_name": "todo-api",
     }
     if not pooled:
-        return create_engine(
-            target, connect_args=connect_args, poolclass=NullPool, hide_parameters=True
-        )
+        return create_engine(target, connect_args=connect_args, **pool_args)
     engine = create_engine(
         target,
         connect_args=connect_args,
