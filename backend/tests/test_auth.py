@@ -253,6 +253,11 @@ class TestForbidden:
         with engine.connect() as conn:
             assert conn.execute(sa.text("SELECT count(*) FROM users")).scalar() == 0
 
+    def test_a_path_user_id_longer_than_any_subject_is_401_then_403(self, api):
+        url = "/api/" + "a" * 300 + "/tasks"
+        assert_401(api.get(url))
+        assert api.get(url, headers=bearer(hs256("alice"))).status_code == 403
+
     def test_jwks_token_for_another_user_is_403(self, api, jwks):
         response = api.get("/api/bob/tasks", headers=bearer(jwks.sign("alice")))
         assert response.status_code == 403
