@@ -9,6 +9,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+AUTOGROUP_SETTING = "/proc/sys/kernel/sched_autogroup_enabled"
 PACKAGES = (
     "fastapi",
     "starlette",
@@ -33,6 +34,7 @@ def describe(repo: Path, wrk: str, postgres_version: str) -> dict[str, Any]:
         "memory_gib": round(_meminfo_kib("MemTotal") / 1024 / 1024, 1),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "kernel": platform.release(),
+        "sched_autogroup": sched_autogroup(),
         "python": platform.python_version(),
         "postgresql": postgres_version,
         "wrk": _output([wrk, "--version"]).splitlines()[0] if wrk else None,
@@ -42,6 +44,23 @@ def describe(repo: Path, wrk: str, postgres_version: str) -> dict[str, Any]:
         "packages": {name: _version(name) for name in PACKAGES},
         "product_source": source_digest(repo / "backend" / "todo_api"),
     }
+
+
+def sched_autogroup() -> bool | None:
+    """Whether the kernel schedules each session as one group (None: no such setting)."""
+    try:
+        return Path(AUTOGROUP_SETTING).read_text().strip() == "1"
+    except OSError:
+        return None
+
+
+AUTOGROUP_WARNING = (
+    "Kernel autogroup scheduling was on: PostgreSQL runs in its own session and is scheduled "
+    "as one group against the servers and wrk, and on this kind of machine that stalls its "
+    "queries for 0.2-1.8 s at random moments (seen in about half of 6 s runs), for the floor "
+    "and the product alike. The p99 column then measures the scheduler. Before measuring: "
+    "`sysctl -w kernel.sched_autogroup_enabled=0` (as root; see bench/README.md)."
+)
 
 
 def source_digest(package: Path) -> str:

@@ -77,6 +77,10 @@ def write(results: dict[str, Any], directory: Path, stamp: str) -> list[Path]:
 # Markdown
 
 
+def _autogroup(on: bool | None) -> str:
+    return "" if on is None else f" · kernel autogroup {'on' if on else 'off'}"
+
+
 def markdown(results: dict[str, Any]) -> str:
     m, cfg, runs = results["machine"], results["config"], results["runs"]
     out = [
@@ -85,7 +89,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"{m['date']} · {m['nproc']} x {m['cpu_model']} · {m['memory_gib']} GiB · "
         f"Python {m['python']} · PostgreSQL {m['postgresql']} · commit {m['git_commit'][:10]}"
         f"{' (dirty tree)' if m['git_dirty'] else ''} · load average at start "
-        f"{m['load_average'][0]}",
+        f"{m['load_average'][0]}" + _autogroup(m.get("sched_autogroup")),
         "",
         f"{cfg['workers']} worker(s) per app · {cfg['duration']} s per run after "
         f"{cfg['warmup']} s of warm-up · wrk with {cfg['wrk_threads']} thread(s) · "

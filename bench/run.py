@@ -155,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         session = Session(db, keys, venv_bin, log_dir, args.duration, args.warmup, args.wrk_threads)
         session.balance = not args.no_balance
         info = machine.describe(BENCH_DIR.parent, wrk, db.server_version())
+        if info["sched_autogroup"]:
+            print(f"bench: warning: {machine.AUTOGROUP_WARNING}", flush=True)
         session.app("floor", args.workers)
         session.app("product", args.workers)
         byte_check = session.compare_bodies()
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratios": report.ratios(session.runs),
         "explain": explain,
         "warnings": session.warnings,
-        "notes": session.notes + _noise(session.runs) + _changed(info),
+        "notes": session.notes + _noise(session.runs) + _changed(info) + _autogroup(info),
     }
     written = report.write(results, args.results, stamp)
     print("\n" + report.markdown(results))
@@ -200,6 +202,10 @@ def _noise(runs: list[dict[str, Any]]) -> list[str]:
         f"Other processes kept {mean:.0%} of a core busy on average (up to {max(others):.0%}) "
         "while the load ran: the numbers are noisy; compare ratios, or rerun on a quiet machine."
     ]
+
+
+def _autogroup(info: dict[str, Any]) -> list[str]:
+    return [machine.AUTOGROUP_WARNING] if info["sched_autogroup"] else []
 
 
 def _changed(info: dict[str, Any]) -> list[str]:
