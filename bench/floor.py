@@ -31,8 +31,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from uvicorn_worker import UvicornWorker
 
-# The product's defaults: one thread per pooled connection (DB_POOL_SIZE=10, no overflow).
-THREADS = int(os.environ.get("FLOOR_THREADS", "10"))
+# The product's defaults: one thread per pooled connection (DB_POOL_SIZE=5, no overflow).
+THREADS = int(os.environ.get("FLOOR_THREADS", "5"))
 COLUMNS = ("id", "user_id", "title", "description", "completed", "created_at", "updated_at")
 # The product's statements, word for word; values are always bound parameters.
 # It fetches limit + 1 rows to know whether more follow.

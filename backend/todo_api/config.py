@@ -21,7 +21,7 @@ class Settings(BaseSettings):
     # Database
     database_url: str = DEFAULT_SQLITE_URL
     database_url_direct: str | None = None
-    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_pool_size: int = Field(default=5, ge=1, le=200)
     db_max_overflow: int = Field(default=0, ge=0, le=200)
     db_pool_timeout: float = Field(default=10.0, gt=0)
     db_pool_recycle: int = Field(default=240, ge=-1)  # under Neon's 5-minute idle suspend
