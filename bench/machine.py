@@ -57,7 +57,7 @@ def sched_autogroup() -> bool | None:
 AUTOGROUP_WARNING = (
     "Kernel autogroup scheduling was on: PostgreSQL runs in its own session and is scheduled "
     "as one group against the servers and wrk, and on this kind of machine that stalls its "
-    "queries for 0.2-1.8 s at random moments (seen in about half of 6 s runs), for the floor "
+    "queries for 0.2-1.8 s at random moments (in about one 6 s run in three), for the floor "
     "and the product alike. The p99 column then measures the scheduler. Before measuring: "
     "`sysctl -w kernel.sched_autogroup_enabled=0` (as root; see bench/README.md)."
 )
