@@ -296,7 +296,7 @@ class PathUser(HTTPBearer):
 path_user = PathUser(
     auto_error=False,
     bearerFormat="JWT",
-    scheme_name="BetterAuthJWT",
+    scheme_name="HTTPBearer",  # the name the OpenAPI document has always used
     description="A Better Auth JWT (EdDSA/ES256/RS256 via JWKS, or HS256 with the shared secret)",
 )
 CurrentUser = Annotated[Claims, Depends(path_user)]
