@@ -1,5 +1,6 @@
 """The Better Auth companion (deploy/better-auth) as the tests run it: a real `node` process on a
-free port, sharing a throwaway PostgreSQL database with the API.
+free port, sharing a throwaway PostgreSQL database with the API; and its demo page, driven in a
+browser as a person would.
 
 Node, the companion's installed packages and Chromium are outside the Python environment: when
 one is missing these tests skip with a loud reason, and under CI (CI=true) they fail instead.
@@ -13,10 +14,13 @@ import subprocess
 import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import BrowserContext, Page, expect
 from sqlalchemy.engine import make_url
 
 from tests.support import free_port
@@ -26,6 +30,7 @@ COMPANION = REPO / "deploy" / "better-auth"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 # A fixed secret for the companion (at least 32 characters; private keys are encrypted with it).
 COMPANION_SECRET = "companion-test-secret-" + "y" * 40
+PASSWORD = "correct horse battery"
 
 
 def missing(reason: str) -> None:
@@ -154,7 +159,7 @@ class Companion:
         """A new account through Better Auth's HTTP API; `client` keeps its session cookie."""
         response = client.post(
             f"{self.url}/api/auth/sign-up/email",
-            json={"email": email, "password": "correct horse battery", "name": name},
+            json={"email": email, "password": PASSWORD, "name": name},
             headers={"Origin": self.url},
         )
         assert response.status_code == 200, response.text
@@ -166,3 +171,64 @@ class Companion:
         assert response.status_code == 200, response.text
         token: str = response.json()["token"]
         return token
+
+
+@dataclass
+class TodoPage:
+    """The demo page in one browser context, driven as a person would."""
+
+    page: Page
+    responses: list[tuple[str, str, int]] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, context: BrowserContext, url: str) -> "TodoPage":
+        page = context.new_page()
+        todo = cls(page)
+        page.on("response", lambda r: todo.responses.append((r.request.method, r.url, r.status)))
+        page.goto(url)
+        expect(page.locator("#signed-out, #signed-in").locator("visible=true")).to_have_count(1)
+        return todo
+
+    def sign_up(self, name: str, email: str) -> str:
+        self.page.fill("#name", name)
+        self.page.fill("#email", email)
+        self.page.fill("#password", PASSWORD)
+        self.page.click("#sign-up")
+        expect(self.page.locator("#who")).to_contain_text(email)
+        return str(self.page.evaluate("todo.user.id"))
+
+    def sign_in(self, email: str) -> None:
+        self.page.fill("#email", email)
+        self.page.fill("#password", PASSWORD)
+        self.page.click("#sign-in")
+        expect(self.page.locator("#who")).to_contain_text(email)
+
+    def add(self, title: str, description: str = "", *, refused: bool = False) -> None:
+        """Add a task and, unless the API is to refuse it, wait (as a person does) until it is
+        on the list; for a refusal the caller checks the status line."""
+        self.page.fill("#title", title)
+        self.page.fill("#description", description)
+        self.page.click("#new-task button[type=submit]")
+        if not refused:
+            expect(self.task(title).first).to_be_visible()
+
+    def task(self, title: str) -> Any:
+        return self.page.locator("#tasks li", has_text=title)
+
+    def titles(self) -> Any:
+        return self.page.locator("#tasks li .title")
+
+    def expect_status(self, status: int, text: str = "") -> None:
+        line = self.page.locator("#status")
+        expect(line).to_have_attribute("data-status", str(status))
+        expect(line).to_contain_text(f"{status}: {text}")
+
+    def request(self, method: str, path: str) -> None:
+        """A call through the page's own client, reported on the page like any button's."""
+        self.page.evaluate(
+            "([method, path]) => todo.action(() => todo.api(method, path))()", [method, path]
+        )
+
+    @property
+    def token(self) -> str:
+        return str(self.page.evaluate("todo.token"))

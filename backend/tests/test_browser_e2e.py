@@ -11,7 +11,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,9 @@ import httpx
 import jwt
 import pytest
 import sqlalchemy as sa
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, expect, sync_playwright
 
-from tests.better_auth_stack import Companion, chromium, node
+from tests.better_auth_stack import Companion, TodoPage, chromium, node
 from tests.support import bearer, running_app, settings_for
 from todo_api.config import Settings
 from todo_api.db import normalise_url
@@ -39,7 +39,6 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-PASSWORD = "correct horse battery"
 GRACE_SECONDS = 3600
 
 
@@ -94,69 +93,6 @@ def stack(postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]
     finally:
         companion.stop()
         postgres.drop_database(database_url)
-
-
-@dataclass
-class TodoPage:
-    """The demo page in one browser context, driven as a person would."""
-
-    page: Page
-    responses: list[tuple[str, str, int]] = field(default_factory=list)
-
-    @classmethod
-    def open(cls, context: BrowserContext, url: str) -> "TodoPage":
-        page = context.new_page()
-        todo = cls(page)
-        page.on("response", lambda r: todo.responses.append((r.request.method, r.url, r.status)))
-        page.goto(url)
-        expect(page.locator("#signed-out, #signed-in").locator("visible=true")).to_have_count(1)
-        return todo
-
-    def sign_up(self, name: str, email: str) -> str:
-        self.page.fill("#name", name)
-        self.page.fill("#email", email)
-        self.page.fill("#password", PASSWORD)
-        self.page.click("#sign-up")
-        expect(self.page.locator("#who")).to_contain_text(email)
-        return str(self.page.evaluate("todo.user.id"))
-
-    def sign_in(self, email: str) -> None:
-        self.page.fill("#email", email)
-        self.page.fill("#password", PASSWORD)
-        self.page.click("#sign-in")
-        expect(self.page.locator("#who")).to_contain_text(email)
-
-    def add(self, title: str, description: str = "", *, refused: bool = False) -> None:
-        """Add a task and wait, as a person does, until it is on the list (or refused)."""
-        before = self.page.locator("#status").text_content()
-        self.page.fill("#title", title)
-        self.page.fill("#description", description)
-        self.page.click("#new-task button[type=submit]")
-        if refused:
-            expect(self.page.locator("#status.error")).not_to_have_text(before or "")
-        else:
-            expect(self.task(title).first).to_be_visible()
-
-    def task(self, title: str) -> Any:
-        return self.page.locator("#tasks li", has_text=title)
-
-    def titles(self) -> Any:
-        return self.page.locator("#tasks li .title")
-
-    def expect_status(self, status: int, text: str = "") -> None:
-        line = self.page.locator("#status")
-        expect(line).to_have_attribute("data-status", str(status))
-        expect(line).to_contain_text(f"{status}: {text}")
-
-    def request(self, method: str, path: str) -> None:
-        """A call through the page's own client, reported on the page like any button's."""
-        self.page.evaluate(
-            "([method, path]) => todo.action(() => todo.api(method, path))()", [method, path]
-        )
-
-    @property
-    def token(self) -> str:
-        return str(self.page.evaluate("todo.token"))
 
 
 def new_context(stack: Stack) -> BrowserContext:
