@@ -98,6 +98,23 @@ class TestSharedUsers:
             companion.stop()
 
 
+@pytest.mark.slow
+def test_trusted_origins_come_from_the_environment(migrated_pg, tmp_path: Path):
+    trusted = "http://app.example:3000"
+    companion = Companion(
+        migrated_pg, tmp_path / "companion.log", BETTER_AUTH_TRUSTED_ORIGINS=trusted
+    )
+    body = {"email": "origin@example.com", "password": "correct horse battery", "name": "O"}
+    try:
+        companion.start()
+        url = f"{companion.url}/api/auth/sign-up/email"
+        refused = httpx.post(url, json=body, headers={"Origin": "http://evil.example"})
+        assert (refused.status_code, refused.json()["code"]) == (403, "INVALID_ORIGIN")
+        assert httpx.post(url, json=body, headers={"Origin": trusted}).status_code == 200
+    finally:
+        companion.stop()
+
+
 def test_sqlite_deletes_a_users_sessions_accounts_and_tasks_with_the_user(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'cascade.db'}"
     migrate(settings_for(url))
