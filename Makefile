@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 USER_ID ?= demo
 
-.PHONY: install run test lint format token serve migrate bench clean
+.PHONY: install run test lint format token serve migrate bench clean stack screenshot
 
 install: $(SYNCED)
 
@@ -43,6 +43,17 @@ serve: install  ## production server (Gunicorn + Uvicorn workers); needs BETTER_
 
 migrate: install
 	$(VENV)/bin/todo-api migrate
+
+# The Better Auth companion's packages, from its lock file.
+COMPANION := deploy/better-auth
+$(COMPANION)/node_modules/.package-lock.json: $(COMPANION)/package-lock.json
+	cd $(COMPANION) && npm ci --no-audit --no-fund
+
+stack: install $(COMPANION)/node_modules/.package-lock.json  ## companion + API + demo page on http://127.0.0.1:3001 (needs PostgreSQL, Node.js)
+	$(COMPANION)/stack.sh
+
+screenshot: install $(COMPANION)/node_modules/.package-lock.json  ## the README's picture of the demo page, from the browser test
+	cd backend && E2E_SCREENSHOT=../$(COMPANION)/screenshot.png .venv/bin/pytest tests/test_browser_e2e.py -q
 
 bench: install  ## product vs floor benchmark, ~10 min (needs wrk: apt-get install wrk)
 	cd backend && UV_PYTHON_DOWNLOADS=never ../$(UV) sync --frozen --group bench

@@ -12,6 +12,7 @@ from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
 from tests.support import SECRET, running_app, settings_for
+from todo_api import auth_schema  # noqa: F401
 from todo_api.db import normalise_url
 from todo_api.migrate import migrate
 from todo_api.tasks import models  # noqa: F401
