@@ -55,7 +55,7 @@ access_log = logging.getLogger("todo_api.access")
 class AppMetrics:
     """Our own metrics, beside the instrumentator's HTTP ones. No label ever holds a user id."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, *, pool_limit: int) -> None:
         self.auth_failures = Counter(
             "todo_auth_failures_total",
             "Requests refused for their token, by reason",
@@ -77,10 +77,22 @@ class AppMetrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        # The denominator of pool saturation (dashboards and alerts divide by it), so that no
+        # query has to restate DB_POOL_SIZE. Set once per worker, never on the request path.
+        self.pool_limit = Gauge(
+            "todo_db_pool_connections_limit",
+            "Connections the pool may hand out (DB_POOL_SIZE + DB_MAX_OVERFLOW)",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self._pool_limit = pool_limit
 
     def watch_pool(self, engine: Engine) -> None:
         event.listen(engine, "checkout", lambda *_: self.pool_in_use.inc())
         event.listen(engine, "checkin", lambda *_: self.pool_in_use.dec())
+        # Here, in the worker that owns the pool (after the fork), so `livesum` counts it once
+        # per live worker, as it does the connections in use.
+        self.pool_limit.set(self._pool_limit)
 
     def count_task_changes(self, info: Info) -> None:
         if info.modified_handler.startswith(TASKS_PATH) and info.response is not None:
@@ -106,7 +118,7 @@ def install_metrics(app: FastAPI, settings: Settings) -> AppMetrics:
     default one). Under Gunicorn, PROMETHEUS_MULTIPROC_DIR makes /metrics sum all workers.
     """
     registry = CollectorRegistry()
-    metrics = AppMetrics(registry)
+    metrics = AppMetrics(registry, pool_limit=settings.db_pool_size + settings.db_max_overflow)
     instrumentator = Instrumentator(
         should_group_status_codes=True,
         should_ignore_untemplated=False,
