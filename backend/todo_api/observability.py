@@ -14,6 +14,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from prometheus_fastapi_instrumentator import metrics as http_metrics
 from prometheus_fastapi_instrumentator.metrics import Info
 from sqlalchemy import Engine, event
+from sqlalchemy.pool import ConnectionPoolEntry
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from todo_api.config import Settings
@@ -88,8 +89,20 @@ class AppMetrics:
         self._pool_limit = pool_limit
 
     def watch_pool(self, engine: Engine) -> None:
-        event.listen(engine, "checkout", lambda *_: self.pool_in_use.inc())
-        event.listen(engine, "checkin", lambda *_: self.pool_in_use.dec())
+        # Counted per connection record: SQLAlchemy also fires `checkin` for a connection that
+        # failed to open and so was never checked out, which drove a plain inc/dec below zero
+        # with every refused connection of a database outage.
+        def checked_out(_dbapi: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+            if record.record_info is not None:
+                record.record_info[_COUNTED] = True
+            self.pool_in_use.inc()
+
+        def checked_in(_dbapi: Any, record: ConnectionPoolEntry) -> None:
+            if record.record_info is not None and record.record_info.pop(_COUNTED, False):
+                self.pool_in_use.dec()
+
+        event.listen(engine, "checkout", checked_out)
+        event.listen(engine, "checkin", checked_in)
         # Here, in the worker that owns the pool (after the fork), so `livesum` counts it once
         # per live worker, as it does the connections in use.
         self.pool_limit.set(self._pool_limit)
@@ -102,6 +115,9 @@ class AppMetrics:
             if action is not None:
                 self.task_changes.labels(action).inc()
 
+
+# Marks a pool entry whose checkout was counted (record_info outlives a connection's invalidation).
+_COUNTED = "todo_api.counted_in_use"
 
 _TASK_ACTIONS = {
     ("POST", 201, TASKS_PATH): "created",
