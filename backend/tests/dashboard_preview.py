@@ -51,6 +51,16 @@ def formatted(value: float, unit: str, decimals: int | None) -> str:
     return UNITS.get(unit, "{:.3g}").format(value)
 
 
+def axis_label(value: float, unit: str) -> str:
+    if unit == "percentunit":
+        return f"{value:.1%}"
+    if unit == "s":
+        return f"{value * 1000:.0f} ms"
+    if unit in ("reqps", "ops"):
+        return f"{value:g}/s"
+    return f"{value:g}"
+
+
 def threshold_colour(panel: dict[str, Any], value: float) -> str:
     colour = "green"
     for step in panel["fieldConfig"]["defaults"]["thresholds"]["steps"]:
@@ -73,19 +83,31 @@ def draw_timeseries(
     ax: Axes, panel: dict[str, Any], prometheus: Prometheus, start: float, end: float
 ) -> None:
     ax.set_facecolor(PANEL)
-    unit = panel["fieldConfig"]["defaults"].get("unit", "")
+    defaults = panel["fieldConfig"]["defaults"]
+    unit = defaults.get("unit", "")
+    stacked = defaults["custom"]["stacking"]["mode"] == "normal"
+    below: dict[float, float] = {}  # the stack's top so far, by timestamp
     for target in panel["targets"]:
         for series in prometheus.query_range(expression(target), start, end, 1):
-            times = [datetime.fromtimestamp(float(t), UTC) for t, _ in series["values"]]
+            stamps = [float(t) for t, _ in series["values"]]
             values = [float(v) for _, v in series["values"]]
+            times = [datetime.fromtimestamp(t, UTC) for t in stamps]
             label = legend(target.get("legendFormat", ""), series["metric"])
+            if stacked:
+                bases = [below.get(t, 0.0) for t in stamps]
+                values = [base + v for base, v in zip(bases, values, strict=True)]
+                below.update(zip(stamps, values, strict=True))
+                ax.fill_between(times, bases, values, alpha=0.25)
             dashed = "objective" in label or "allowed" in label
             ax.plot(times, values, label=label, linewidth=1.2, linestyle="--" if dashed else "-")
+    if "min" in defaults:
+        ax.set_ylim(bottom=defaults["min"])
+    if "max" in defaults:
+        ax.set_ylim(top=defaults["max"] * 1.1)
     ax.grid(color=GRID, linewidth=0.5)
     ax.tick_params(colors=TEXT, labelsize=6)
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
-    if unit == "percentunit":
-        ax.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
+    ax.yaxis.set_major_formatter(lambda v, _: axis_label(v, unit))
     for spine in ax.spines.values():
         spine.set_color(GRID)
     if ax.get_legend_handles_labels()[0]:
@@ -124,11 +146,13 @@ def render(prometheus: Prometheus, start: float, end: float, path: Path) -> None
     top = 0.985
     for panel in shown:
         grid = panel["gridPos"]
+        # Room inside each grid cell for the panel's title and, on graphs, the axes' labels.
+        left, bottom = (0.03, 0.018) if panel["type"] == "timeseries" else (0.004, 0.006)
         box = [
-            grid["x"] / 24 + 0.004,
-            top - (grid["y"] + grid["h"]) / rows * top + 0.006,
-            grid["w"] / 24 - 0.008,
-            grid["h"] / rows * top - 0.012,
+            grid["x"] / 24 + left,
+            top - (grid["y"] + grid["h"]) / rows * top + bottom,
+            grid["w"] / 24 - left - 0.004,
+            grid["h"] / rows * top - bottom - 0.014,
         ]
         if panel["type"] == "row":
             figure.text(box[0], box[1] + box[3] / 2, panel["title"], color=TEXT, weight="bold")

@@ -107,20 +107,23 @@ def run(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> I
     token_file = directory / "metrics_token"
     token_file.write_text(token + "\n")
     sent: Counter[str] = Counter()
+    preview = os.environ.get("DASHBOARD_PREVIEW")
     try:
         with gunicorn(url, directory, METRICS_TOKEN=token) as server:
             config = scrape_config(server, token_file)
             with running_prometheus(config, directory) as prometheus:
                 prometheus.wait_for('up{job="todo-api"} == 1')
+                # A picture needs a longer run than a check: three times as long, same phases.
+                scale = 3 if preview else 1
                 start = time.time()
-                drive(server, 5, sent)
+                drive(server, 5 * scale, sent)
                 with database_outage(postgres, url):
-                    drive(server, 3, sent, probe=True)
-                drive(server, 4, sent)
+                    drive(server, 3 * scale, sent, probe=True)
+                drive(server, 4 * scale, sent)
                 # The last requests scraped, and the rules evaluated on them.
                 time.sleep(3)
                 end = time.time()
-                if preview := os.environ.get("DASHBOARD_PREVIEW"):
+                if preview:
                     from tests.dashboard_preview import render
 
                     render(prometheus, start, end, Path(preview))
