@@ -247,6 +247,8 @@ def test_prometheus_scrapes_the_api_metrics_endpoint(tmp_path: Path) -> None:
         token.write_text("token\n")
         config = tmp_path / "prometheus.yml"
         config.write_text(PROMETHEUS.read_text().replace(str(secret), str(token)))
+        for rule_file in load_yaml(PROMETHEUS).get("rule_files", []):
+            (tmp_path / rule_file).write_text((PROMETHEUS.parent / rule_file).read_text())
         result = subprocess.run(
             [promtool, "check", "config", str(config)], capture_output=True, text=True, timeout=60
         )
@@ -371,13 +373,16 @@ def test_the_servicemonitor_component_composes_with_the_base(tmp_path: Path) -> 
             doc for name in component["resources"] for doc in load_documents(SERVICEMONITOR / name)
         ]
         kinds = [*k8s_objects(), *(doc["kind"] for doc in added)]
-    assert sorted(kinds) == sorted([*k8s_objects(), "ServiceMonitor"])
+    assert sorted(kinds) == sorted([*k8s_objects(), "ServiceMonitor", "PrometheusRule"])
 
 
 def test_servicemonitor_component_scrapes_the_service_with_the_metrics_token() -> None:
     component = load_yaml(SERVICEMONITOR / "kustomization.yaml")
     (monitor,) = [
-        doc for name in component["resources"] for doc in load_documents(SERVICEMONITOR / name)
+        doc
+        for name in component["resources"]
+        for doc in load_documents(SERVICEMONITOR / name)
+        if doc["kind"] == "ServiceMonitor"
     ]
     # kubernetes-validate has no schema for this CRD: check the fields that matter here.
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"

@@ -14,6 +14,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from prometheus_fastapi_instrumentator import metrics as http_metrics
 from prometheus_fastapi_instrumentator.metrics import Info
 from sqlalchemy import Engine, event
+from sqlalchemy.pool import ConnectionPoolEntry
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from todo_api.config import Settings
@@ -55,7 +56,7 @@ access_log = logging.getLogger("todo_api.access")
 class AppMetrics:
     """Our own metrics, beside the instrumentator's HTTP ones. No label ever holds a user id."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, *, pool_limit: int) -> None:
         self.auth_failures = Counter(
             "todo_auth_failures_total",
             "Requests refused for their token, by reason",
@@ -77,10 +78,34 @@ class AppMetrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        # The denominator of pool saturation (dashboards and alerts divide by it), so that no
+        # query has to restate DB_POOL_SIZE. Set once per worker, never on the request path.
+        self.pool_limit = Gauge(
+            "todo_db_pool_connections_limit",
+            "Connections the pool may hand out (DB_POOL_SIZE + DB_MAX_OVERFLOW)",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self._pool_limit = pool_limit
 
     def watch_pool(self, engine: Engine) -> None:
-        event.listen(engine, "checkout", lambda *_: self.pool_in_use.inc())
-        event.listen(engine, "checkin", lambda *_: self.pool_in_use.dec())
+        # Counted per connection record: SQLAlchemy also fires `checkin` for a connection that
+        # failed to open and so was never checked out, which drove a plain inc/dec below zero
+        # with every refused connection of a database outage.
+        def checked_out(_dbapi: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+            if record.record_info is not None:
+                record.record_info[_COUNTED] = True
+            self.pool_in_use.inc()
+
+        def checked_in(_dbapi: Any, record: ConnectionPoolEntry) -> None:
+            if record.record_info is not None and record.record_info.pop(_COUNTED, False):
+                self.pool_in_use.dec()
+
+        event.listen(engine, "checkout", checked_out)
+        event.listen(engine, "checkin", checked_in)
+        # Here, in the worker that owns the pool (after the fork), so `livesum` counts it once
+        # per live worker, as it does the connections in use.
+        self.pool_limit.set(self._pool_limit)
 
     def count_task_changes(self, info: Info) -> None:
         if info.modified_handler.startswith(TASKS_PATH) and info.response is not None:
@@ -90,6 +115,9 @@ class AppMetrics:
             if action is not None:
                 self.task_changes.labels(action).inc()
 
+
+# Marks a pool entry whose checkout was counted (record_info outlives a connection's invalidation).
+_COUNTED = "todo_api.counted_in_use"
 
 _TASK_ACTIONS = {
     ("POST", 201, TASKS_PATH): "created",
@@ -106,7 +134,7 @@ def install_metrics(app: FastAPI, settings: Settings) -> AppMetrics:
     default one). Under Gunicorn, PROMETHEUS_MULTIPROC_DIR makes /metrics sum all workers.
     """
     registry = CollectorRegistry()
-    metrics = AppMetrics(registry)
+    metrics = AppMetrics(registry, pool_limit=settings.db_pool_size + settings.db_max_overflow)
     instrumentator = Instrumentator(
         should_group_status_codes=True,
         should_ignore_untemplated=False,
