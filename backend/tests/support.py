@@ -176,7 +176,7 @@ def port_answers(host: str, port: int) -> bool:
 # row-level security applies to it. The admin URL's role (a superuser) skips row-level security:
 # the tests use it to check what was really stored.
 APP_ROLE = "todo_owner"
-APP_ROLE_PASSWORD = "todo-owner-test-password"  # noqa: S105  (a throwaway test role)
+APP_ROLE_PASSWORD = "todo-owner-test-password"
 
 
 def as_app_role(url: str) -> str:
