@@ -197,9 +197,9 @@ class PostgresServer:
         self._ensure_app_role()
 
     def _ensure_app_role(self) -> None:
-        exists = sa.text("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = :role")
+        bypass = sa.text("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = :role")
         with self._admin.connect() as conn:
-            if conn.execute(exists, {"role": APP_ROLE}).first() is None:
+            if conn.execute(bypass, {"role": APP_ROLE}).first() is None:
                 # Other test runs on the same server may create it at the same moment.
                 with contextlib.suppress(sa.exc.ProgrammingError, sa.exc.IntegrityError):
                     conn.execute(
@@ -208,8 +208,11 @@ class PostgresServer:
                             f"PASSWORD '{APP_ROLE_PASSWORD}'"
                         )
                     )
-            if conn.execute(exists, {"role": APP_ROLE}).scalar_one():
-                raise RuntimeError(f"role {APP_ROLE} is a superuser or BYPASSRLS: drop it")
+            bypasses = conn.execute(bypass, {"role": APP_ROLE}).scalar()
+        if bypasses is None:
+            raise RuntimeError(f"cannot create the role {APP_ROLE}: the admin URL's role may not")
+        if bypasses:
+            raise RuntimeError(f"role {APP_ROLE} is a superuser or BYPASSRLS: drop it")
 
     def create_database(self) -> str:
         """A new database owned by APP_ROLE; its URL names the admin role (see as_app_role)."""
