@@ -87,9 +87,10 @@ _SET_OWNER = "SET LOCAL app.user_id = %(rls_owner_id)s; "
 def _send_owner_with_each_statement(engine: Engine) -> None:
     """Prefix each statement of an `owner_connection` with the owner, in the same query string.
 
-    The policy on `tasks` (migration 0002) compares `user_id` with the setting `app.user_id`.
-    psycopg2 sends the whole string in one simple-protocol Query message, which PostgreSQL runs
-    as ONE implicit transaction (even on our autocommit connections), so:
+    The policy on `tasks` (migration 0002_tasks_row_level_security) compares `user_id` with
+    the setting `app.user_id`. psycopg2 sends the whole string in one simple-protocol Query
+    message, which PostgreSQL runs as ONE implicit transaction (even on our autocommit
+    connections), so:
     - the setting is transaction-local (SET LOCAL): it ends with the statement, and the next
       client of the same server connection (PgBouncer in transaction mode, Neon's pooled
       endpoint) never inherits it, where a plain `SET` would stay on the session and leak;
