@@ -14,7 +14,14 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.support import JwksServer, PostgresServer, find_postgres, running_app, settings_for
+from tests.support import (
+    JwksServer,
+    PostgresServer,
+    as_app_role,
+    find_postgres,
+    running_app,
+    settings_for,
+)
 from todo_api.db import normalise_url
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -63,8 +70,9 @@ def database_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="session")
 def server(database_url: str, jwks: JwksServer) -> Iterator[httpx.Client]:
-    """The app as production runs it: migrations on start, HS256 and JWKS both configured."""
-    settings = settings_for(database_url, better_auth_url=jwks.base_url)
+    """The app as production runs it: migrations on start, HS256 and JWKS both configured, as a
+    role that row-level security applies to."""
+    settings = settings_for(as_app_role(database_url), better_auth_url=jwks.base_url)
     with running_app(settings) as client:
         yield client
 

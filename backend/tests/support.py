@@ -171,6 +171,22 @@ def port_answers(host: str, port: int) -> bool:
     return False
 
 
+# The app's role in the tests: it owns each test database (and so, after the migrations, the
+# tables) but is neither a superuser nor BYPASSRLS, like Neon's neondb_owner, so PostgreSQL's
+# row-level security applies to it. The admin URL's role (a superuser) skips row-level security:
+# the tests use it to check what was really stored.
+APP_ROLE = "todo_owner"
+APP_ROLE_PASSWORD = "todo-owner-test-password"
+
+
+def as_app_role(url: str) -> str:
+    """The same database as the app's role (a SQLite URL is returned as it is)."""
+    if url.startswith("sqlite"):
+        return url
+    target = make_url(url).set(username=APP_ROLE, password=APP_ROLE_PASSWORD)
+    return target.render_as_string(hide_password=False)
+
+
 class PostgresServer:
     """A PostgreSQL server the tests may create and drop databases on."""
 
@@ -178,11 +194,31 @@ class PostgresServer:
         self.admin_url = normalise_url(admin_url)
         self.source = source
         self._admin = sa.create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+        self._ensure_app_role()
+
+    def _ensure_app_role(self) -> None:
+        bypass = sa.text("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = :role")
+        with self._admin.connect() as conn:
+            if conn.execute(bypass, {"role": APP_ROLE}).first() is None:
+                # Other test runs on the same server may create it at the same moment.
+                with contextlib.suppress(sa.exc.ProgrammingError, sa.exc.IntegrityError):
+                    conn.execute(
+                        sa.text(
+                            f"CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS "
+                            f"PASSWORD '{APP_ROLE_PASSWORD}'"
+                        )
+                    )
+            bypasses = conn.execute(bypass, {"role": APP_ROLE}).scalar()
+        if bypasses is None:
+            raise RuntimeError(f"cannot create the role {APP_ROLE}: the admin URL's role may not")
+        if bypasses:
+            raise RuntimeError(f"role {APP_ROLE} is a superuser or BYPASSRLS: drop it")
 
     def create_database(self) -> str:
+        """A new database owned by APP_ROLE; its URL names the admin role (see as_app_role)."""
         name = f"todo_test_{uuid.uuid4().hex[:12]}"
         with self._admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+            conn.execute(sa.text(f'CREATE DATABASE "{name}" OWNER {APP_ROLE}'))
         return make_url(self.admin_url).set(database=name).render_as_string(hide_password=False)
 
     def drop_database(self, url: str) -> None:

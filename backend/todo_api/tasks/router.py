@@ -12,6 +12,7 @@ from pydantic import BeforeValidator
 from sqlalchemy import Engine
 
 from todo_api.auth import CurrentUser
+from todo_api.db import owner_connection
 from todo_api.http import JSONBytesResponse, error_responses
 from todo_api.tasks import service
 from todo_api.tasks.models import (
@@ -84,7 +85,7 @@ def list_tasks(
     offset: Annotated[int, Query(ge=0, le=INT32_MAX)] = 0,
 ) -> Response:
     """The user's tasks, one page at a time; a `Link: rel="next"` header points at the next page."""
-    with _engine(request).connect() as conn:
+    with owner_connection(_engine(request), user.sub) as conn:
         rows, more = service.list_tasks(
             conn,
             owner_id=user.sub,
@@ -110,7 +111,7 @@ def list_tasks(
 )
 def create_task(request: Request, user: CurrentUser, task: TaskCreate) -> Response:
     """Create a task owned by the signed-in user; `Location` names the new task."""
-    with _engine(request).connect() as conn:
+    with owner_connection(_engine(request), user.sub) as conn:
         row = service.create_task(conn, owner=user, data=task)
     location = f"{_tasks_url(request, user.sub)}/{row['id']}"
     return _task(row, status.HTTP_201_CREATED, Location=location)
@@ -124,7 +125,7 @@ def create_task(request: Request, user: CurrentUser, task: TaskCreate) -> Respon
 )
 def get_task(request: Request, user: CurrentUser, task_id: TaskId) -> Response:
     """One of the user's tasks."""
-    with _engine(request).connect() as conn:
+    with owner_connection(_engine(request), user.sub) as conn:
         return _task(service.get_task(conn, owner_id=user.sub, task_id=task_id))
 
 
@@ -138,7 +139,7 @@ def update_task(
     request: Request, user: CurrentUser, task_id: TaskId, changes: TaskUpdate
 ) -> Response:
     """Change any subset of title, description and completed; `description: null` clears it."""
-    with _engine(request).connect() as conn:
+    with owner_connection(_engine(request), user.sub) as conn:
         row = service.update_task(
             conn, owner_id=user.sub, task_id=task_id, changes=changes.model_dump(exclude_unset=True)
         )
@@ -154,7 +155,7 @@ def update_task(
 )
 def delete_task(request: Request, user: CurrentUser, task_id: TaskId) -> Response:
     """Delete one of the user's tasks."""
-    with _engine(request).connect() as conn:
+    with owner_connection(_engine(request), user.sub) as conn:
         if not service.delete_task(conn, owner_id=user.sub, task_id=task_id):
             raise _not_found()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -173,7 +174,7 @@ def complete_task(
     body: Annotated[CompletionSet | None, Body()] = None,
 ) -> Response:
     """Flip `completed`; with a body `{"completed": true|false}` set it instead."""
-    with _engine(request).connect() as conn:
+    with owner_connection(_engine(request), user.sub) as conn:
         row = service.set_completed(
             conn, owner_id=user.sub, task_id=task_id, completed=body.completed if body else None
         )

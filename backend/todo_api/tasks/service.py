@@ -1,4 +1,6 @@
-"""Every SQL statement about tasks. Each query is scoped to its owner in the WHERE clause.
+"""Every SQL statement about tasks. Each query is scoped to its owner in the WHERE clause; on
+PostgreSQL, row-level security enforces the same again (the caller's connection comes from
+todo_api.db.owner_connection; see specs/security.md).
 
 Each request needs one statement (two or three on a user's very first write), run on an
 autocommit connection: a single statement is atomic, and nothing waits for a COMMIT round trip.
