@@ -42,7 +42,7 @@ from todo_api.db import create_db_engine, normalise_url, owner_connection
 from todo_api.migrate import alembic_config, migrate
 from todo_api.tasks.service import LIST_STATEMENTS
 
-MIGRATION = "0002_tasks_row_level_security"
+MIGRATION = "0003"
 USERS = [f"u{n}" for n in range(1, 201)]
 TASKS_PER_USER = 250
 ALICE, BOB = "u7", "u8"

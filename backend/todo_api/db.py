@@ -87,7 +87,7 @@ _SET_OWNER = "SET LOCAL app.user_id = %(rls_owner_id)s; "
 def _send_owner_with_each_statement(engine: Engine) -> None:
     """Prefix each statement of an `owner_connection` with the owner, in the same query string.
 
-    The policy on `tasks` (migration 0002_tasks_row_level_security) compares `user_id` with
+    The policy on `tasks` (migration 0003_tasks_row_level_security) compares `user_id` with
     the setting `app.user_id`. psycopg2 sends the whole string in one simple-protocol Query
     message, which PostgreSQL runs as ONE implicit transaction (even on our autocommit
     connections), so:

@@ -9,8 +9,8 @@ FORCE makes the policy apply to the table's owner too (the role that runs the mi
 is usually the app's role as well). Superusers and BYPASSRLS roles still skip it: see README.
 SQLite has no row-level security; it keeps the WHERE clauses only.
 
-Revision ID: 0002_tasks_row_level_security
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 Create Date: 2026-11-30
 """
 
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0002_tasks_row_level_security"
-down_revision: str | None = "0001"
+revision: str = "0003"
+down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
