@@ -1,6 +1,7 @@
 """Settings, read once from the environment (every variable is documented in the README)."""
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -42,6 +43,7 @@ class Settings(BaseSettings):
     jwks_cache_seconds: int = Field(default=300, ge=1)
     jwks_min_refresh_seconds: int = Field(default=30, ge=0)
     jwks_timeout_seconds: float = Field(default=3.0, gt=0, le=30)
+    dev_secret_file: Path | None = None
 
     # HTTP
     cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:3000"]
@@ -77,6 +79,7 @@ class Settings(BaseSettings):
         "jwt_audience",
         "database_url_direct",
         "metrics_token",
+        "dev_secret_file",
         mode="before",
     )
     @classmethod
@@ -100,6 +103,12 @@ class Settings(BaseSettings):
                 "No way to verify tokens: set BETTER_AUTH_SECRET (HS256) and/or "
                 "BETTER_AUTH_URL (JWKS), or run `todo-api dev` for a local development secret"
             )
+
+    @property
+    def dev_secret_path(self) -> Path:
+        # One place whatever the working directory, so `todo-api token` finds what `todo-api dev`
+        # wrote: beside the package, which is backend/ in a checkout (git-ignored there).
+        return self.dev_secret_file or Path(__file__).resolve().parents[1] / ".todo-dev-secret"
 
     @property
     def jwks_url(self) -> str | None:
