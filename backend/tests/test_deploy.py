@@ -667,3 +667,52 @@ def test_fly_machines_write_where_the_image_made_room() -> None:
     )
     assert f"--owner={uid}" in made[0] and f"--group={gid}" in made[0]
     assert "mounts" not in fly()
+
+
+# --- README -------------------------------------------------------------------------------------
+
+
+def readme_pool_table() -> dict[str, list[str]]:
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("| Where | Replicas |") :].split("\n\n")[0].splitlines()[2:]
+    return {
+        cells[0]: cells[1:]
+        for cells in ([cell.strip() for cell in row.strip("|").split("|")] for row in table)
+    }
+
+
+def test_readme_pool_table_matches_the_deployment_files() -> None:
+    def numbers(cell: str) -> list[int]:
+        return [int(n) for n in re.findall(r"\d+", cell)]
+
+    objects = k8s_objects()
+    k8s = configmap()
+    api = compose_environment(compose_services()["api"])
+    fly_env = fly()["env"]
+    expected = {
+        "Kubernetes base": (
+            objects["HorizontalPodAutoscaler"]["spec"]["maxReplicas"]
+            + objects["Deployment"]["spec"]["strategy"]["rollingUpdate"]["maxSurge"],
+            k8s,
+        ),
+        "Fly.io, per Machine": (1, fly_env),
+        "Compose": (1, api),
+    }
+    rows = readme_pool_table()
+    assert set(rows) == set(expected)
+    for where, (replicas, env) in expected.items():
+        replicas_cell, workers, pool, peak = rows[where]
+        workers_n = int(env["WEB_CONCURRENCY"])
+        pool_n = [int(env["DB_POOL_SIZE"]), int(env["DB_MAX_OVERFLOW"])]
+        assert sum(numbers(replicas_cell)) == replicas, where
+        assert numbers(workers) == [workers_n], where
+        assert numbers(pool) == pool_n, where
+        assert numbers(peak) == [replicas * workers_n * sum(pool_n)], where
+    # .env.example shows the values compose uses when .env leaves them out.
+    example = dict(
+        line.split("=", 1)
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+    for name in ("WEB_CONCURRENCY", "DB_POOL_SIZE", "DB_MAX_OVERFLOW"):
+        assert example[name] == api[name], name
