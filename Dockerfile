@@ -57,9 +57,11 @@ FROM builder AS test
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-editable
 COPY backend/tests ./tests
-COPY Dockerfile .dockerignore docker-compose.yml docker-compose.test.yml .env.example /src/
+COPY Dockerfile .dockerignore docker-compose.yml docker-compose.test.yml .env.example \
+    Makefile README.md /src/
 COPY deploy /src/deploy
 COPY .github /src/.github
+COPY .ci /src/.ci
 # The tools' caches go to /tmp: the user's home does not exist, and the tree belongs to root.
 ENV HOME=/tmp
 USER 10001:10001
