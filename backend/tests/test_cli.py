@@ -5,12 +5,8 @@ exit, for `dev`, `serve` and `migrate` alike; `serve` refuses before Gunicorn st
 """
 
 import os
-import shutil
 import signal
 import subprocess
-import sys
-import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,18 +14,21 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
+from tests.dev_process import (
+    BIN,
+    environment,
+    require,
+    skip_loudly,
+    start_dev,
+    stop,
+    wait_until_answers,
+)
 from tests.support import SECRET, PostgresServer, free_port
 
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
 BACKEND = Path(__file__).resolve().parents[1]
 REPO = BACKEND.parent
 COMMANDS = [["dev", "--port", "0"], ["serve"], ["migrate"]]
-
-
-def environment(**values: str) -> dict[str, str]:
-    """Only what the command needs: nothing from the developer's shell leaks in."""
-    return {"PATH": f"{BIN}:/usr/bin:/bin", "LANG": "C.UTF-8", **values}
 
 
 def run(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60):
@@ -121,37 +120,6 @@ class TestStartupFailures:
             assert "hunter2-secret" not in result.stdout + result.stderr
 
 
-def start_dev(env: dict[str, str], cwd: Path, port: int) -> subprocess.Popen[str]:
-    process = subprocess.Popen(
-        [str(BIN / "todo-api"), "dev", "--port", str(port)],
-        env=env,
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while True:
-        assert process.poll() is None, process.communicate()[0]
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/livez", timeout=2).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "todo-api dev did not start"
-        time.sleep(0.2)
-
-
-def stop(process: subprocess.Popen[str]) -> str:
-    process.terminate()
-    try:
-        output, _ = process.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        output, _ = process.communicate()
-    return output
-
-
 class TestDev:
     def test_the_banner_masks_the_database_password(self, server_url, tmp_path):
         # Trust authentication ignores the password; the banner must not show it anyway.
@@ -201,14 +169,9 @@ def test_a_good_database_url_passes_the_check(server_url, tmp_path):
 @pytest.fixture
 def make() -> str:
     """`make` and the repository's Makefile (the test image has neither: a loud skip there)."""
-    make = shutil.which("make")
-    if make is None or not (REPO / "Makefile").exists():
-        message = "MAKE RUN TESTS SKIPPED: `make` or the Makefile is missing"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message, pytrace=False)
-        warnings.warn(message, stacklevel=1)
-        pytest.skip(message)
-    return make
+    if not (REPO / "Makefile").exists():
+        skip_loudly("MAKE RUN TESTS SKIPPED: this tree has no Makefile")
+    return require("make", "MAKE RUN TESTS")
 
 
 @pytest.mark.parametrize("how", ["argument", "environment"])
@@ -231,16 +194,7 @@ def test_make_run_listens_on_port(make, how, tmp_path):
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.communicate()[0]
-            try:
-                response = httpx.get(f"http://127.0.0.1:{port}/livez", timeout=2)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "make run did not listen on PORT"
-                time.sleep(0.2)
-        assert response.status_code == 200
+        wait_until_answers(process, f"http://127.0.0.1:{port}/livez")
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         output, _ = process.communicate(timeout=30)

@@ -1,24 +1,18 @@
 """README.md runs as written: its API examples, against `todo-api dev` on a fresh PostgreSQL."""
 
-import os
 import re
-import shutil
 import subprocess
-import sys
-import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import sqlalchemy as sa
 
+from tests.dev_process import BIN, environment, require, start_dev, stop
 from tests.support import SECRET, PostgresServer, free_port
 from todo_api.db import normalise_url
 
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -41,46 +35,18 @@ def fresh_database(postgres: PostgresServer) -> Iterator[str]:
 def dev_server(fresh_database: str) -> Iterator[tuple[int, dict[str, str]]]:
     """`todo-api dev` (what `make run` starts) on the fresh database, on a free port."""
     port = free_port()
-    env = {
-        "PATH": f"{BIN}:/usr/bin:/bin",
-        "LANG": "C.UTF-8",
-        "DATABASE_URL": fresh_database,
-        "BETTER_AUTH_SECRET": SECRET,
-    }
-    process = subprocess.Popen(
-        [str(BIN / "todo-api"), "dev", "--port", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    env = environment(DATABASE_URL=fresh_database, BETTER_AUTH_SECRET=SECRET)
+    process = start_dev(env, REPO, port)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.communicate()[0]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "todo-api dev did not become ready"
-            time.sleep(0.2)
         yield port, env
     finally:
-        process.terminate()
-        process.communicate(timeout=30)
+        stop(process)
 
 
 @pytest.fixture
-def curl() -> None:
+def curl() -> str:
     """The examples are curl commands (the test image has no curl: a loud skip there)."""
-    if shutil.which("curl") is None:
-        message = "README EXAMPLE TEST SKIPPED: curl is not installed"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message, pytrace=False)
-        warnings.warn(message, stacklevel=1)
-        pytest.skip(message)
+    return require("curl", "README EXAMPLE TEST")
 
 
 @pytest.mark.usefixtures("curl")
