@@ -47,7 +47,7 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-install-project
 COPY backend/pyproject.toml backend/uv.lock ./
 COPY backend/todo_api ./todo_api
-# The project as a wheel of its own (about 50 KB), for the runtime's last layer.
+# The project as a wheel of its own (tens of KB), for the runtime's last layer.
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv build --wheel --out-dir /dist
 
@@ -71,16 +71,17 @@ CMD ["pytest", "-p", "no:cacheprovider"]
 FROM base AS runtime
 ENV PORT=8000 \
     PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus-multiproc
+# Present in the image for plain `docker run` and Fly; a tmpfs/emptyDir mounted here replaces it.
+RUN install --directory --owner=10001 --group=10001 --mode=0700 "${PROMETHEUS_MULTIPROC_DIR}"
 # Owned by root, so that the app cannot modify its own code even where the root is writable.
-# Two layers: the dependencies (about 100 MB, the same layer for every build of one lock file),
-# then the project alone, so that a code change ships a layer of a few hundred KB.
+# Two layers: the dependencies (about 100 MB, the same layer for every build of one lock file:
+# the builder's virtualenv holds nothing else), then the project alone, last, so that a code
+# change ships one layer of a few hundred KB.
 COPY --from=builder /app/.venv /app/.venv
 RUN --mount=type=bind,from=uv,source=/uv,target=/usr/local/bin/uv \
     --mount=type=bind,from=builder,source=/dist,target=/dist \
     uv pip install --python /app/.venv/bin/python --offline --no-cache --no-deps \
         --compile-bytecode /dist/todo_api-*.whl
-# Present in the image for plain `docker run` and Fly; a tmpfs/emptyDir mounted here replaces it.
-RUN install --directory --owner=10001 --group=10001 --mode=0700 "${PROMETHEUS_MULTIPROC_DIR}"
 WORKDIR /app
 # Numeric: Kubernetes' runAsNonRoot can verify only a numeric user.
 USER 10001:10001

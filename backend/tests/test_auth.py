@@ -419,14 +419,19 @@ class TestBetterAuthDefaults:
                 "https://App.Example.COM:443/api/auth/jwks",
                 "https://app.example.com",
             ),
-            ("http://127.0.0.1:3000/api/auth", "http://127.0.0.1:3000/api/auth/jwks", None),
+            (
+                "http://127.0.0.1:3000/api/auth",
+                "http://127.0.0.1:3000/api/auth/jwks",
+                "http://127.0.0.1:3000",
+            ),
         ],
     )
     def test_jwks_url_issuer_and_audience(self, url, jwks_url, origin):
         settings = Settings(better_auth_url=url)
-        expected_origin = origin or url.split("/api")[0].split("/auth")[0].rstrip("/")
         assert settings.jwks_url == jwks_url
-        assert settings.jwks_issuer == settings.jwks_audience == expected_origin
+        assert (
+            settings.jwks_issuer == settings.jwks_audience == (origin or "https://app.example.com")
+        )
 
     def test_explicit_issuer_and_audience_win(self):
         settings = Settings(

@@ -105,6 +105,9 @@ def test_a_code_change_ships_a_small_layer_not_the_dependencies() -> None:
         if key == "RUN" and "pip install" in args and "--no-deps" in args
     ]
     assert len(project) == 1, "the project is installed by itself after the dependencies"
+    # And last of everything that changes the file system, so no later layer is rebuilt with it.
+    later = [key for key, args in steps[steps.index(("RUN", project[0])) + 1 :]]
+    assert not {"RUN", "COPY", "ADD"} & set(later), later
     assert ".whl" in project[0] and "--compile-bytecode" in project[0]
     assert any("uv build" in args for args in builder.all("RUN"))
     # Nothing else of the project reaches the runtime in the dependency layer's place.
