@@ -9,6 +9,8 @@ SYNCED := $(VENV)/.synced-$(UV_VERSION)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 USER_ID ?= demo
+# make run listens on PORT: `make run PORT=8080`, or PORT=8080 in the environment.
+PORT ?= 8000
 
 .PHONY: install run test lint format token serve migrate bench clean stack screenshot
 
@@ -23,8 +25,8 @@ $(SYNCED): backend/uv.lock backend/pyproject.toml | $(UV)
 	cd backend && UV_PYTHON_DOWNLOADS=never ../$(UV) sync --frozen
 	touch $@
 
-run: install  ## the API on http://127.0.0.1:8000 (embedded SQLite, generated dev secret)
-	$(VENV)/bin/todo-api dev
+run: install  ## the API on http://127.0.0.1:$(PORT) (embedded SQLite, generated dev secret)
+	$(VENV)/bin/todo-api dev --port $(PORT)
 
 test: install  ## the whole suite: SQLite and PostgreSQL, real HTTP, real processes
 	cd backend && .venv/bin/pytest $(PYTEST_ARGS)

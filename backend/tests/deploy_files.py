@@ -228,3 +228,45 @@ def dockerignored(relative: str) -> bool:
 
 
 # --- Dockerfile -----------------------------------------------------------------------------------
+
+
+def compose_tmpfs(service: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """A service's tmpfs mounts, short (`/tmp:size=64m,mode=1777`) and long syntax alike, as
+    {target: {option: value}} (a flag option such as `noexec` maps to '')."""
+    mounts: dict[str, dict[str, str]] = {}
+    short = service.get("tmpfs") or []
+    for entry in [short] if isinstance(short, str) else short:
+        target, _, options = entry.partition(":")
+        mounts[target] = dict(option.partition("=")[::2] for option in options.split(",") if option)
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, dict) and volume.get("type") == "tmpfs":
+            mounts[volume["target"]] = {k: str(v) for k, v in (volume.get("tmpfs") or {}).items()}
+    return mounts
+
+
+def writable_by(options: dict[str, str], uid: int, gid: int) -> bool:
+    """Whether a tmpfs with these mount options is writable by uid:gid, by its explicit mode
+    (what the engine does without one is what differs between engines and runc versions)."""
+    if "mode" not in options:
+        return False
+    mode = int(options["mode"], 8)
+    owner = int(options.get("uid", 0)), int(options.get("gid", 0))
+    if owner[0] == uid and mode & 0o300 == 0o300:
+        return True
+    if owner[1] == gid and mode & 0o030 == 0o030:
+        return True
+    return mode & 0o003 == 0o003
+
+
+def run_mount_options(args: str) -> list[dict[str, str]]:
+    """The `--mount=` options of a RUN instruction, each as a dict."""
+    return [
+        dict(part.partition("=")[::2] for part in spec.split(","))
+        for spec in re.findall(r"--mount=(\S+)", args)
+    ]
+
+
+def runtime_user() -> tuple[int, int]:
+    stage, _ = runtime_stage()
+    uid, _, gid = (stage.last("USER") or "").partition(":")
+    return int(uid), int(gid or uid)

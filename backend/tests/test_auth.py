@@ -4,6 +4,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import time
 
 import jwt
@@ -11,7 +12,17 @@ import pytest
 import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 
-from tests.support import SECRET, SigningKey, bearer, hs256, running_app, settings_for
+from tests.support import (
+    SECRET,
+    JwksServer,
+    SigningKey,
+    bearer,
+    hs256,
+    jti,
+    running_app,
+    settings_for,
+)
+from todo_api.config import Settings
 
 URL = "/api/alice/tasks"
 
@@ -304,3 +315,180 @@ class TestVerifiedTokenCache:
 @pytest.mark.parametrize("sub", ["a/b", ".", ".."])
 def test_subjects_that_cannot_be_a_path_segment_are_refused(api, sub):
     assert_401(api.get(URL, headers=bearer(hs256(sub))), "subject")
+
+
+@pytest.fixture
+def own_jwks():
+    """A JWKS server of the test's own, so that taking it down disturbs no other test."""
+    server = JwksServer()
+    yield server
+    server.close()
+
+
+def wait_for_status(client, token: str, status: int, *, within: float) -> float:
+    """Seconds until `GET URL` with `token` answers `status`; fails after `within` seconds."""
+    started = time.monotonic()
+    while (code := client.get(URL, headers=bearer(token)).status_code) != status:
+        assert time.monotonic() - started < within, f"still {code} after {within} s"
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+class TestJwksOutageRecovery:
+    """A failed fetch is retried after about a second, doubling up to JWKS_MIN_REFRESH_SECONDS;
+    a healthy JWKS is still fetched at most once per interval, however many kids are forged."""
+
+    def test_tokens_are_accepted_within_seconds_of_the_jwks_coming_back(self, sqlite_url, own_jwks):
+        settings = settings_for(
+            sqlite_url, better_auth_url=own_jwks.base_url, jwks_min_refresh_seconds=30
+        )
+        own_jwks.up = False
+        with running_app(settings) as client:
+            token = own_jwks.sign("alice")
+            outage_ends = time.monotonic() + 2.5
+            while time.monotonic() < outage_ends:
+                response = client.get(URL, headers=bearer(token))
+                assert response.status_code == 503, response.text
+                time.sleep(0.05)
+            # About 50 requests in the outage; the backoff (0, 1, 3 s) let only a few through.
+            assert 1 <= own_jwks.fetches <= 3
+            own_jwks.up = True
+            assert wait_for_status(client, token, 200, within=30) < 5
+
+    def test_forged_kids_against_a_healthy_jwks_cause_no_fetch_within_the_interval(
+        self, sqlite_url, own_jwks
+    ):
+        settings = settings_for(
+            sqlite_url, better_auth_url=own_jwks.base_url, jwks_min_refresh_seconds=30
+        )
+        with running_app(settings) as client:
+            assert client.get(URL, headers=bearer(own_jwks.sign("alice"))).status_code == 200
+            assert own_jwks.fetches == 1
+            for i in range(50):
+                token = SigningKey(kid=f"forged-{i}").sign("alice", own_jwks.base_url)
+                assert_401(client.get(URL, headers=bearer(token)), "key")
+            assert own_jwks.fetches == 1
+
+    def test_a_forged_kid_flood_fetches_at_most_once_per_interval(self, sqlite_url, own_jwks):
+        interval = 2
+        settings = settings_for(
+            sqlite_url, better_auth_url=own_jwks.base_url, jwks_min_refresh_seconds=interval
+        )
+        with running_app(settings) as client:
+            started = time.monotonic()
+            i = 0
+            while (elapsed := time.monotonic() - started) < 5:
+                token = SigningKey(kid=f"forged-{i}").sign("alice", own_jwks.base_url)
+                assert_401(client.get(URL, headers=bearer(token)), "key")
+                i += 1
+            assert i > 50
+            assert own_jwks.fetches <= math.floor(elapsed / interval) + 1
+
+
+def session_cache_token(key: SigningKey, issuer: str, *, typ: bool = True, aud: bool = True) -> str:
+    """A cookie-cache JWT as Better Auth's jwt plugin signs it (`sessionCookieCache: true`)."""
+    now = int(time.time())
+    payload = {
+        "sub": "alice",
+        "iat": now,
+        "exp": now + 300,
+        "iss": issuer,
+        "aud": "better-auth:session-cache" if aud else issuer,
+        "sid": "session-token-" + jti(),
+        "session": {"token": "t", "userId": "alice"},
+        "user": {"id": "alice"},
+    }
+    headers = {"kid": key.kid, **({"typ": "better-auth.session-cache+jwt"} if typ else {})}
+    return jwt.encode(payload, key.private, algorithm="EdDSA", headers=headers)
+
+
+class TestBetterAuthDefaults:
+    """Better Auth 1.7 turns its base URL into the origin for `iss` and `aud`, and a base URL
+    with a path is its whole auth base (the JWKS is `{path}/jwks`)."""
+
+    @pytest.mark.parametrize(
+        ("url", "jwks_url", "origin"),
+        [
+            ("https://app.example.com", "https://app.example.com/api/auth/jwks", None),
+            ("https://app.example.com/", "https://app.example.com/api/auth/jwks", None),
+            ("https://app.example.com/api/auth", "https://app.example.com/api/auth/jwks", None),
+            ("https://app.example.com/api/auth/", "https://app.example.com/api/auth/jwks", None),
+            ("https://app.example.com/auth", "https://app.example.com/auth/jwks", None),
+            (
+                "https://App.Example.COM:443/api/auth",
+                "https://App.Example.COM:443/api/auth/jwks",
+                "https://app.example.com",
+            ),
+            (
+                "http://127.0.0.1:3000/api/auth",
+                "http://127.0.0.1:3000/api/auth/jwks",
+                "http://127.0.0.1:3000",
+            ),
+        ],
+    )
+    def test_jwks_url_issuer_and_audience(self, url, jwks_url, origin):
+        settings = Settings(better_auth_url=url)
+        assert settings.jwks_url == jwks_url
+        assert (
+            settings.jwks_issuer == settings.jwks_audience == (origin or "https://app.example.com")
+        )
+
+    def test_explicit_issuer_and_audience_win(self):
+        settings = Settings(
+            better_auth_url="https://app.example.com/api/auth",
+            jwt_issuer="https://issuer.example",
+            jwt_audience="api",
+        )
+        assert (settings.jwks_issuer, settings.jwks_audience) == ("https://issuer.example", "api")
+
+    @pytest.mark.parametrize("url", ["app.example.com", "ftp://app.example.com", "https://"])
+    def test_a_better_auth_url_that_is_not_http_is_refused(self, url):
+        with pytest.raises(ValueError, match="BETTER_AUTH_URL"):
+            Settings(better_auth_url=url)
+
+    def test_a_base_url_with_the_auth_path_finds_the_jwks_once_and_accepts_origin_tokens(
+        self, sqlite_url, own_jwks
+    ):
+        settings = settings_for(sqlite_url, better_auth_url=own_jwks.base_url + "/api/auth")
+        with running_app(settings) as client:
+            # Signed as Better Auth signs: iss and aud are the origin, not the auth path.
+            response = client.get(URL, headers=bearer(own_jwks.sign("alice")))
+            assert response.status_code == 200, response.text
+            token = own_jwks.sign("alice", iss=own_jwks.base_url + "/api/auth")
+            assert_401(client.get(URL, headers=bearer(token)), "issuer")
+
+
+@pytest.fixture(scope="module")
+def unpinned(sqlite_url, jwks):
+    """JWKS configured by URL only: no issuer or audience is pinned."""
+    settings = settings_for(sqlite_url, better_auth_jwks_url=jwks.base_url + "/api/auth/jwks")
+    with running_app(settings) as client:
+        yield client
+
+
+class TestSessionCacheTokens:
+    """Better Auth's session-cache cookies are signed with the same keys; never an API token."""
+
+    @pytest.mark.parametrize(("typ", "aud"), [(True, True), (True, False), (False, True)])
+    def test_refused_where_no_audience_is_pinned(self, unpinned, jwks, typ, aud):
+        token = session_cache_token(jwks.keys[0], jwks.base_url, typ=typ, aud=aud)
+        assert_401(unpinned.get(URL, headers=bearer(token)), "session-cache")
+        metrics = unpinned.get("/metrics").text
+        assert 'todo_auth_failures_total{reason="session_cache"}' in metrics
+
+    @pytest.mark.parametrize(("typ", "aud"), [(True, True), (True, False), (False, True)])
+    def test_refused_with_its_own_reason_where_the_audience_is_pinned(self, api, jwks, typ, aud):
+        token = session_cache_token(jwks.keys[0], jwks.base_url, typ=typ, aud=aud)
+        assert_401(api.get(URL, headers=bearer(token)), "session-cache")
+
+    def test_an_hs256_token_typed_as_a_session_cache_is_refused(self, api):
+        token = jwt.encode(
+            {"sub": "alice", "exp": int(time.time()) + 60},
+            SECRET.encode(),
+            algorithm="HS256",
+            headers={"typ": "better-auth.session-cache+jwt"},
+        )
+        assert_401(api.get(URL, headers=bearer(token)), "session-cache")
+
+    def test_an_ordinary_token_is_still_accepted_where_no_audience_is_pinned(self, unpinned, jwks):
+        assert unpinned.get(URL, headers=bearer(jwks.sign("alice"))).status_code == 200

@@ -24,7 +24,13 @@ import jwt
 import pytest
 import sqlalchemy as sa
 
-from tests.deploy_files import compose_environment, compose_services, exec_form, runtime_stage
+from tests.deploy_files import (
+    compose_environment,
+    compose_services,
+    compose_tmpfs,
+    exec_form,
+    runtime_stage,
+)
 from tests.support import PostgresServer, free_port
 from todo_api.db import normalise_url
 
@@ -116,6 +122,11 @@ def serve(database: str, workdir: Path) -> Served:
     cwd = workdir / "app"  # like WORKDIR /app: readable, not writable by the server's user
     for directory in (metrics_dir, cwd):
         directory.mkdir()
+    # The metrics directory with the mode compose's tmpfs gives it (owned by the server's user
+    # below): the workers must be able to write there with exactly that.
+    _, image_env = runtime_stage()
+    tmpfs = compose_tmpfs(compose_services()["api"])[image_env["PROMETHEUS_MULTIPROC_DIR"]]
+    metrics_dir.chmod(int(tmpfs["mode"], 8))
     workdir.chmod(0o755)
     cwd.chmod(0o755)
     port = free_port()

@@ -25,6 +25,11 @@ log = logging.getLogger("todo_api.auth")
 _jwks_threads = anyio.CapacityLimiter(4)
 ASYMMETRIC_ALGORITHMS = frozenset({"EdDSA", "ES256", "ES512", "RS256", "PS256"})
 USER_ID_MAX = 255
+# Better Auth's jwt plugin can sign its session-cache cookies with the same keys as its API
+# tokens (`sessionCookieCache: true`): those carry this `typ` header and this audience, and the
+# session token as `sid`. A cookie is not a bearer token, wherever it was copied from.
+SESSION_CACHE_TYPE = "better-auth.session-cache+jwt"
+SESSION_CACHE_AUDIENCE = "better-auth:session-cache"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,17 +60,24 @@ class JwksKeys:
 
     PyJWKClient would refetch on every unknown `kid`, which lets forged tokens drive a fetch storm,
     and it forgets its keys when a refetch fails; this keeps the last good set and rate-limits.
+    After a successful fetch the next one waits `min_refresh` seconds (a forged `kid` cannot
+    cause more); after a failed one it waits only `retry` seconds, doubling with each further
+    failure up to `min_refresh`, so that the keys are back within seconds of the JWKS.
     """
 
-    def __init__(self, url: str, *, ttl: float, min_refresh: float, timeout: float) -> None:
+    def __init__(
+        self, url: str, *, ttl: float, min_refresh: float, timeout: float, retry: float = 1.0
+    ) -> None:
         self._url = url
         self._ttl = ttl
         self._min_refresh = min_refresh
         self._timeout = timeout
+        self._first_retry = min(retry, min_refresh)
+        self._retry = self._first_retry
         self._lock = threading.Lock()
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at = -math.inf
-        self._attempted_at = -math.inf
+        self._next_attempt_at = -math.inf
         self._last_fetch_failed = False
 
     def peek(self, kid: str) -> jwt.PyJWK | None:
@@ -91,14 +103,19 @@ class JwksKeys:
     def _get_locked(self, kid: str) -> jwt.PyJWK:
         now = time.monotonic()
         fresh = now - self._fetched_at < self._ttl
-        if not (fresh and kid in self._keys) and now - self._attempted_at >= self._min_refresh:
-            self._attempted_at = now
+        if not (fresh and kid in self._keys) and now >= self._next_attempt_at:
             try:
                 self._keys = self._fetch()
-                self._fetched_at = now
-                self._last_fetch_failed = False
             except JwksUnavailable:
                 self._last_fetch_failed = True
+                # From the end of the attempt: a fetch that timed out must not be retried at once.
+                self._next_attempt_at = time.monotonic() + self._retry
+                self._retry = min(self._retry * 2, self._min_refresh)
+            else:
+                self._fetched_at = now
+                self._last_fetch_failed = False
+                self._next_attempt_at = now + self._min_refresh
+                self._retry = self._first_retry
         key = self._keys.get(kid)
         if key is not None:
             return key
@@ -202,11 +219,18 @@ class TokenVerifier:
         except jwt.InvalidIssuerError:
             raise AuthError("wrong_issuer", "Token issuer is not accepted") from None
         except jwt.InvalidAudienceError:
+            # Raised after the signature check: the claims read here are the signed ones.
+            claims = jwt.decode(token, options={"verify_signature": False})
+            if _is_session_cache_audience(claims.get("aud")):
+                raise _session_cache_error() from None
             raise AuthError("wrong_audience", "Token audience is not accepted") from None
         except jwt.MissingRequiredClaimError as error:
             raise AuthError("missing_claim", f"Token has no '{error.claim}' claim") from None
         except jwt.PyJWTError:
             raise AuthError("malformed", "Token is malformed") from None
+        # Where no audience is pinned, PyJWT does not look at `aud`: refuse a session cache here.
+        if _is_session_cache_audience(payload.get("aud")):
+            raise _session_cache_error()
         return _claims(payload)
 
 
@@ -218,7 +242,23 @@ def _unverified_header(token: str) -> tuple[str, str | None]:
     alg, kid = header.get("alg"), header.get("kid")
     if not isinstance(alg, str):
         raise AuthError("malformed", "Token is malformed")
+    if header.get("typ") == SESSION_CACHE_TYPE:
+        raise _session_cache_error()
     return alg, kid if isinstance(kid, str) else None
+
+
+def _is_session_cache_audience(aud: object) -> bool:
+    if isinstance(aud, list):
+        return SESSION_CACHE_AUDIENCE in aud
+    return aud == SESSION_CACHE_AUDIENCE
+
+
+def _session_cache_error() -> AuthError:
+    return AuthError(
+        "session_cache",
+        "Token is a Better Auth session-cache cookie, not an API token: send a token from "
+        "/api/auth/token instead",
+    )
 
 
 def _claims(payload: dict[str, Any]) -> Claims:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import jwt
 
-DEV_SECRET_FILE = Path(".todo-dev-secret")
+from todo_api.preflight import StartupError
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> None:
 
     dev = commands.add_parser("dev", help="run locally with a generated secret (SQLite by default)")
     dev.add_argument("--host", default="127.0.0.1")
-    dev.add_argument("--port", type=int, default=8000)
+    dev.add_argument("--port", type=int, help="default: PORT, else 8000")
 
     commands.add_parser("serve", help="run Gunicorn with Uvicorn workers (production)")
 
@@ -33,18 +33,18 @@ def main(argv: list[str] | None = None) -> None:
     token.add_argument("--name")
 
     args = parser.parse_args(argv)
-    if args.command == "dev":
-        _dev(args.host, args.port)
-    elif args.command == "serve":
-        _serve()
-    elif args.command == "migrate":
-        from todo_api.config import Settings
-        from todo_api.migrate import migrate as run_migrations
-
-        run_migrations(Settings(), args.revision, downgrade=args.down)
-        print(f"database migrated {'down' if args.down else 'up'} to {args.revision}")
-    else:
-        print(mint_token(args.user_id, minutes=args.minutes, email=args.email, name=args.name))
+    try:
+        if args.command == "dev":
+            _dev(args.host, args.port)
+        elif args.command == "serve":
+            _serve()
+        elif args.command == "migrate":
+            _migrate(args.revision, downgrade=args.down)
+        else:
+            print(mint_token(args.user_id, minutes=args.minutes, email=args.email, name=args.name))
+    except StartupError as error:
+        # One line, no traceback: the message names the variable and the fix.
+        sys.exit(f"todo-api {args.command}: {error}")
 
 
 def mint_token(
@@ -52,11 +52,15 @@ def mint_token(
 ) -> str:
     """An HS256 token signed with BETTER_AUTH_SECRET (or the dev secret), like Better Auth's."""
     from todo_api.config import Settings
+    from todo_api.preflight import load
 
-    secret = os.environ.get("BETTER_AUTH_SECRET") or _read_dev_secret()
+    settings = load(Settings)
+    secret = settings.better_auth_secret or _read_dev_secret(settings.dev_secret_path)
     if not secret:
-        sys.exit("no secret: set BETTER_AUTH_SECRET, or start `todo-api dev` once to generate one")
-    settings = Settings(better_auth_secret=secret)
+        raise StartupError(
+            "no secret: set BETTER_AUTH_SECRET, or start `todo-api dev` (make run) once to "
+            f"generate one in {settings.dev_secret_path}"
+        )
     now = int(time.time())
     claims: dict[str, object] = {"sub": user_id, "iat": now, "exp": now + 60 * minutes}
     optional = {
@@ -69,29 +73,54 @@ def mint_token(
     return jwt.encode(claims, secret.encode(), algorithm="HS256")
 
 
-def _read_dev_secret() -> str | None:
-    return DEV_SECRET_FILE.read_text().strip() if DEV_SECRET_FILE.exists() else None
+def _read_dev_secret(path: Path) -> str | None:
+    return path.read_text().strip() if path.exists() else None
 
 
-def _dev(host: str, port: int) -> None:
+def _dev_secret(path: Path) -> str:
+    """The development secret in its one place (see Settings.dev_secret_path), made once."""
+    secret = _read_dev_secret(path)
+    if secret:
+        return secret
+    secret = secrets.token_urlsafe(48)
+    try:
+        path.touch(mode=0o600)
+        path.write_text(secret + "\n")
+    except OSError as error:
+        raise StartupError(
+            f"cannot write the development secret to {path} ({error.strerror}): set "
+            "DEV_SECRET_FILE to a writable path, or BETTER_AUTH_SECRET"
+        ) from None
+    print(f"Generated a development secret in {path} (never use it in production)")
+    return secret
+
+
+def _dev(host: str, port: int | None) -> None:
     import uvicorn
+    from sqlalchemy.engine import make_url
 
-    if not os.environ.get("BETTER_AUTH_SECRET"):
-        secret = _read_dev_secret()
-        if not secret:
-            secret = secrets.token_urlsafe(48)
-            DEV_SECRET_FILE.touch(mode=0o600)
-            DEV_SECRET_FILE.write_text(secret + "\n")
-            print(
-                f"Generated a development secret in {DEV_SECRET_FILE} (never use it in production)"
-            )
-        os.environ["BETTER_AUTH_SECRET"] = secret
+    from todo_api.config import ServerSettings, Settings
+    from todo_api.logs import logging_config, skip_unused_record_fields
+    from todo_api.preflight import check_databases, load
+
+    server = load(ServerSettings)
+    settings = load(Settings)
+    if not settings.better_auth_secret:
+        os.environ["BETTER_AUTH_SECRET"] = _dev_secret(settings.dev_secret_path)
+        settings = load(Settings)
+    check_databases(settings, migrating=settings.migrate_on_start)
+    port = server.port if port is None else port
     token = mint_token("demo")
     base = f"http://{host}:{port}"
+    database = (
+        make_url(settings.database_url).render_as_string(hide_password=True)
+        if "DATABASE_URL" in os.environ
+        else "embedded SQLite file ./todo.db"
+    )
     print(
         f"""
 Todo API (development) on {base}   docs: {base}/docs
-Database: {os.environ.get("DATABASE_URL") or "embedded SQLite file ./todo.db"}
+Database: {database}
 
 Get a token for any user id (valid 60 minutes):
     backend/.venv/bin/todo-api token demo        (or: make token USER_ID=demo)
@@ -101,26 +130,37 @@ Try it:
 """,
         flush=True,
     )
-    from todo_api.config import ServerSettings
-    from todo_api.logs import logging_config, skip_unused_record_fields
-
     # Text logs for a person at a terminal, unless LOG_FORMAT says otherwise.
-    server = ServerSettings()
     log_format = server.log_format if "LOG_FORMAT" in os.environ else "text"
     log_config = logging_config(log_format, server.log_level)
     skip_unused_record_fields()
     uvicorn.run("todo_api.main:app", host=host, port=port, log_config=log_config, access_log=False)
 
 
+def _migrate(revision: str, *, downgrade: bool) -> None:
+    from todo_api.config import Settings
+    from todo_api.migrate import migrate
+    from todo_api.preflight import check_database, load, migration_variable
+
+    settings = load(Settings)
+    check_database(settings, settings.migration_url, migration_variable(settings))
+    migrate(settings, revision, downgrade=downgrade)
+    print(f"database migrated {'down' if downgrade else 'up'} to {revision}")
+
+
 def _serve() -> None:
     """Exactly `gunicorn -c python:todo_api.gunicorn_conf todo_api.main:app`."""
-    from todo_api.config import Settings
+    from todo_api.config import ServerSettings, Settings
+    from todo_api.preflight import check_databases, load
 
-    # Refuse here, with one clear line, rather than in every worker's start-up.
+    # Here, before Gunicorn forks, with one clear line, rather than in every worker's start-up.
+    load(ServerSettings)
+    settings = load(Settings)
     try:
-        Settings().require_token_keys()
+        settings.require_token_keys()
     except ValueError as error:
-        sys.exit(f"todo-api serve: {error}")
+        raise StartupError(str(error)) from None
+    check_databases(settings, migrating=settings.migrate_on_start)
     from gunicorn.app.wsgiapp import run
 
     sys.argv = ["gunicorn", "-c", "python:todo_api.gunicorn_conf", "todo_api.main:app"]

@@ -1,7 +1,9 @@
 """Settings, read once from the environment (every variable is documented in the README)."""
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -41,6 +43,7 @@ class Settings(BaseSettings):
     jwks_cache_seconds: int = Field(default=300, ge=1)
     jwks_min_refresh_seconds: int = Field(default=30, ge=0)
     jwks_timeout_seconds: float = Field(default=3.0, gt=0, le=30)
+    dev_secret_file: Path | None = None
 
     # HTTP
     cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:3000"]
@@ -49,6 +52,17 @@ class Settings(BaseSettings):
 
     # Observability
     metrics_token: str | None = None
+
+    @field_validator("better_auth_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(
+                    "BETTER_AUTH_URL must be an http(s) URL such as https://app.example.com"
+                )
+        return value
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -65,6 +79,7 @@ class Settings(BaseSettings):
         "jwt_audience",
         "database_url_direct",
         "metrics_token",
+        "dev_secret_file",
         mode="before",
     )
     @classmethod
@@ -90,25 +105,32 @@ class Settings(BaseSettings):
             )
 
     @property
+    def dev_secret_path(self) -> Path:
+        # One place whatever the working directory, so `todo-api token` finds what `todo-api dev`
+        # wrote: beside the package, which is backend/ in a checkout (git-ignored there).
+        return self.dev_secret_file or Path(__file__).resolve().parents[1] / ".todo-dev-secret"
+
+    @property
     def jwks_url(self) -> str | None:
         if self.better_auth_jwks_url:
             return self.better_auth_jwks_url
         if self.better_auth_url:
-            return self.better_auth_url.rstrip("/") + "/api/auth/jwks"
+            return _better_auth_base_url(self.better_auth_url) + "/jwks"
         return None
 
     @property
     def jwks_issuer(self) -> str | None:
-        return self.jwt_issuer or self._better_auth_base
+        return self.jwt_issuer or self._better_auth_origin
 
     @property
     def jwks_audience(self) -> str | None:
-        return self.jwt_audience or self._better_auth_base
+        return self.jwt_audience or self._better_auth_origin
 
     @property
-    def _better_auth_base(self) -> str | None:
-        # Better Auth puts its base URL without a trailing slash into `iss` and `aud`.
-        return self.better_auth_url.rstrip("/") if self.better_auth_url else None
+    def _better_auth_origin(self) -> str | None:
+        # Better Auth 1.7 rewrites its baseURL option to the URL's origin, and its JWT plugin
+        # puts that origin into `iss` and `aud` (never a path, never a trailing slash).
+        return _origin(self.better_auth_url) if self.better_auth_url else None
 
     @property
     def migration_url(self) -> str:
@@ -144,6 +166,25 @@ class ServerSettings(BaseSettings):
     def bind(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+
+def _better_auth_base_url(url: str) -> str:
+    """Where Better Auth serves its routes, as Better Auth itself works it out: a URL with a
+    path is the whole base (`https://app.example.com/api/auth`); a bare origin gets the default
+    base path `/api/auth` appended. So the JWKS is found once, however the URL is written."""
+    trimmed = url.rstrip("/")
+    return trimmed if urlsplit(trimmed).path else trimmed + "/api/auth"
+
+
+def _origin(url: str) -> str:
+    """The URL's origin as a browser (and so Better Auth) writes it: lower-case scheme and host,
+    no user info, no default port, no path."""
+    parts = urlsplit(url)
+    scheme, host, port = parts.scheme.lower(), parts.hostname or "", parts.port
+    if ":" in host:
+        host = f"[{host}]"
+    default_port = {"http": 80, "https": 443}.get(scheme)
+    return f"{scheme}://{host}" + (f":{port}" if port is not None and port != default_port else "")
 
 
 @lru_cache
