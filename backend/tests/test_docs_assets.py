@@ -45,7 +45,7 @@ def chromium() -> str:
 
 
 def render(browser: str, url: str, profile) -> str:
-    result = subprocess.run(  # noqa: S603
+    result = subprocess.run(
         [
             browser,
             "--headless",
