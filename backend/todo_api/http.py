@@ -146,7 +146,9 @@ def install_error_handlers(app: FastAPI) -> None:
             # FastAPI answers 422 for a body json.loads rejects as JSON, but a bare 400 for one
             # it cannot even read: not UTF-8, nested past the recursion limit, an integer over
             # 4,300 digits. One documented status for every unparsable body: 422, same shape.
-            return _unprocessable([_unparsable_body(exc.__cause__)])
+            reason = _unparsable_reason(exc.__cause__)
+            log.info("unparsable request body: %s", reason)
+            return _unprocessable([_json_invalid(reason)])
         if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
             # The router names only the first route that matched the path (one method); the
             # client needs them all. Rare, so computed here rather than kept per request.
@@ -164,14 +166,16 @@ def _unprocessable(errors: Any) -> Response:
     return Response(body, status.HTTP_422_UNPROCESSABLE_CONTENT, media_type="application/json")
 
 
-def _unparsable_body(cause: Exception) -> dict[str, Any]:
+def _unparsable_reason(cause: Exception) -> str:
     if isinstance(cause, UnicodeDecodeError):
-        reason = "Body is not valid UTF-8"
-    elif isinstance(cause, RecursionError):
-        reason = "Body is nested too deeply"
-    else:
-        reason = "Body holds a number too long to read"
-    log.info("unparsable request body: %s", reason)
+        return "Body is not valid UTF-8"
+    if isinstance(cause, RecursionError):
+        return "Body is nested too deeply"
+    return "Body holds a number too long to read"
+
+
+def _json_invalid(reason: str) -> dict[str, Any]:
+    # The shape FastAPI gives a body that is not JSON.
     return {
         "type": "json_invalid",
         "loc": ["body"],
@@ -194,7 +198,7 @@ def _allowed_methods(request: Request) -> str:
     return ", ".join(method for method in _METHOD_ORDER if method in methods)
 
 
-# Deep enough for any real body's echo (errors, error, input, two levels of the body itself).
+# The error list, an error, then the first four levels of its input: any real body's echo.
 _ECHO_DEPTH = 6
 
 
