@@ -34,7 +34,7 @@ def test_pages_reference_only_assets_the_api_serves(api, page):
 
 
 def chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    path = os.environ.get("CHROMIUM") or shutil.which("chromium")
     if path is None:
         if os.environ.get("CI") == "true":
             pytest.fail("CI=true but chromium is not installed", pytrace=False)
