@@ -5,9 +5,12 @@ app over real HTTP, as a fixed user (`alice`) with a valid token. Generation is 
 (the same cases every run) and the examples per operation bounded, so it stays quick.
 """
 
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.support import auth, hs256
 
@@ -78,3 +81,28 @@ def test_no_route_documents_or_answers_400(api):
     for operations in spec["paths"].values():
         for operation in operations.values():
             assert "400" not in operation["responses"]
+
+
+@pytest.mark.parametrize(
+    "title",
+    [
+        "a",
+        " a ",
+        "\x0b",
+        "\u3000",
+        "   ",
+        "x" * 200,
+        " " + "y" * 200 + "\n",
+        "x" * 201,
+        "a\x00b",
+        "\x1c a \x1c",
+        "🦆" * 200,
+        "🦆" * 201,
+    ],
+)
+def test_title_schema_accepts_exactly_what_the_server_accepts(api, title):
+    spec = api.get("/openapi.json").json()
+    pattern = spec["components"]["schemas"]["TaskCreate"]["properties"]["title"]["pattern"]
+    response = api.post("/api/alice/tasks", json={"title": title}, headers=ALICE)
+    assert response.status_code in (201, 422)
+    assert (response.status_code == 201) == bool(re.search(pattern, title)), response.text
