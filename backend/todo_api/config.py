@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:3000"]
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     readiness_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
+    # Off by default: TLS usually ends at the proxy, which is the place to send HSTS from.
+    hsts_seconds: int = Field(default=0, ge=0)
 
     # Observability
     metrics_token: str | None = None

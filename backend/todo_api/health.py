@@ -13,13 +13,14 @@ router = APIRouter(include_in_schema=False)
 _probe_threads = anyio.CapacityLimiter(1)
 
 
-@router.get("/livez")
+# HEAD as well: load balancers probe with it (Uvicorn sends the headers without the body).
+@router.api_route("/livez", methods=["GET", "HEAD"])
 async def livez() -> dict[str, str]:
     """The process is up and its event loop answers; touches nothing else."""
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.api_route("/readyz", methods=["GET", "HEAD"])
 async def readyz(request: Request) -> JSONResponse:
     """The database answers within READINESS_TIMEOUT_SECONDS, else 503 with the reason."""
     engine: Engine = request.app.state.probe_engine

@@ -7,9 +7,10 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request, status
-from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import iter_route_contexts
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.datastructures import Headers
@@ -133,26 +134,91 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     async def invalid_request(request: Request, exc: Exception) -> Response:
-        # FastAPI's shape, made safe to render: the echoed input may be bytes that are not UTF-8,
-        # a lone surrogate or a non-finite float, on which the default handler fails (a 500).
+        # FastAPI's shape, made safe to render (see _renderable).
         assert isinstance(exc, RequestValidationError)
-        detail = _renderable(jsonable_encoder(exc.errors(), custom_encoder=_BYTES))
-        body = json.dumps({"detail": detail}, ensure_ascii=True, allow_nan=False)
-        return Response(body, status.HTTP_422_UNPROCESSABLE_CONTENT, media_type="application/json")
+        return _unprocessable(exc.errors())
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == status.HTTP_400_BAD_REQUEST and isinstance(
+            exc.__cause__, ValueError | RecursionError
+        ):
+            # FastAPI answers 422 for a body json.loads rejects as JSON, but a bare 400 for one
+            # it cannot even read: not UTF-8, nested past the recursion limit, an integer over
+            # 4,300 digits. One documented status for every unparsable body: 422, same shape.
+            reason = _unparsable_reason(exc.__cause__)
+            log.info("unparsable request body: %s", reason)
+            return _unprocessable([_json_invalid(reason)])
+        if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+            # The router names only the first route that matched the path (one method); the
+            # client needs them all. Rare, so computed here rather than kept per request.
+            exc.headers = {**(exc.headers or {}), "Allow": _allowed_methods(request)}
+        return await http_exception_handler(request, exc)
 
     app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(HTTPException, http_error)
     for unavailable in (PoolTimeoutError, OperationalError, InterfaceError):
         app.add_exception_handler(unavailable, database_unavailable)
 
 
-_BYTES = {bytes: lambda raw: raw.decode("utf-8", "replace")}
+def _unprocessable(errors: Any) -> Response:
+    body = json.dumps({"detail": _renderable(errors)}, ensure_ascii=True, allow_nan=False)
+    return Response(body, status.HTTP_422_UNPROCESSABLE_CONTENT, media_type="application/json")
 
 
-def _renderable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {key: _renderable(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_renderable(item) for item in value]
-    return value
+def _unparsable_reason(cause: Exception) -> str:
+    if isinstance(cause, UnicodeDecodeError):
+        return "Body is not valid UTF-8"
+    if isinstance(cause, RecursionError):
+        return "Body is nested too deeply"
+    return "Body holds a number too long to read"
+
+
+def _json_invalid(reason: str) -> dict[str, Any]:
+    # The shape FastAPI gives a body that is not JSON.
+    return {
+        "type": "json_invalid",
+        "loc": ["body"],
+        "msg": "JSON decode error",
+        "input": {},
+        "ctx": {"error": reason},
+    }
+
+
+_METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> str:
+    path = request.scope["path"].removeprefix(request.scope.get("root_path", ""))
+    methods: set[str] = set()
+    for route in iter_route_contexts(request.app.routes):
+        regex = getattr(route, "path_regex", None)
+        if route.methods and regex is not None and regex.match(path):
+            methods |= route.methods
+    return ", ".join(method for method in _METHOD_ORDER if method in methods)
+
+
+# The error list, an error, then the first four levels of its input: any real body's echo.
+_ECHO_DEPTH = 6
+
+
+def _renderable(value: Any, depth: int = 0) -> Any:
+    """A JSON-safe copy of validation errors, cut `_ECHO_DEPTH` levels down.
+
+    Hand-written rather than jsonable_encoder: the echoed input may be bytes that are not
+    UTF-8, a non-finite float or an exception (on which FastAPI's handler fails), and a 1 KB
+    body can nest 500 levels deep, past the recursion limit of any encoder that follows it.
+    """
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, dict | list | tuple):
+        if depth >= _ECHO_DEPTH:
+            return "..."
+        if isinstance(value, dict):
+            return {str(key): _renderable(item, depth + 1) for key, item in value.items()}
+        return [_renderable(item, depth + 1) for item in value]
+    return str(value)

@@ -7,6 +7,8 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
+from starlette.routing import Mount
 
 from todo_api import health
 from todo_api.auth import TokenVerifier
@@ -16,6 +18,8 @@ from todo_api.http import BodySizeLimit, CatchAll, install_error_handlers
 from todo_api.migrate import migrate
 from todo_api.observability import RequestContext, install_metrics, on_not_ready
 from todo_api.tasks.router import router as tasks_router
+
+DOCS_ASSETS = "/docs/assets"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -46,11 +50,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             engine.dispose()
             app.state.probe_engine.dispose()
 
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc with Swagger UI and ReDoc served from its package, not a
+    # CDN, so they work air-gapped and under a Content-Security-Policy of 'self'.
+    app = FastAPIOffline(
         title="Todo Task API",
         version="0.1.0",
         summary="Per-user tasks for a Better Auth frontend",
         lifespan=lifespan,
+        static_url=DOCS_ASSETS,
+        # RequestContext serves every path with or without a trailing slash instead.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.verifier = TokenVerifier(settings)
@@ -69,10 +78,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         expose_headers=["Location", "Link", "X-Request-ID"],
         max_age=600,
     )
-    app.add_middleware(RequestContext)  # outermost: every response gets its X-Request-ID
+    # Outermost: every response gets its X-Request-ID and the security headers.
+    app.add_middleware(RequestContext, hsts_seconds=settings.hsts_seconds)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(tasks_router)
+    # fastapi-offline mounts its assets first; last, no API request pays for testing the mount.
+    app.router.routes.sort(key=lambda route: isinstance(route, Mount))
     return app
 
 

@@ -47,6 +47,17 @@ ALL_LATENCY_BUCKETS = (
 )
 TASKS_PATH = "/api/{user_id}/tasks"
 
+# OWASP's REST Security cheat sheet: nothing cached (task lists are private), no MIME sniffing,
+# nothing framed, loaded or referred from an API response.
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+# The Swagger UI and ReDoc pages (fastapi-offline) start with an inline script, style inline,
+# load their bundles and /openapi.json from this server, and ReDoc runs a worker from a blob.
+DOCS_CSP = (
+    "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; worker-src blob:; frame-ancestors 'none'"
+)
+DOCS_PAGES = frozenset({"/docs", "/redoc", "/docs/oauth2-redirect"})
+
 access_log = logging.getLogger("todo_api.access")
 
 # ---------------------------------------------------------------------------------------------
@@ -194,18 +205,43 @@ def _metrics_guard(token: str | None) -> Any:
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
+Header = tuple[bytes, bytes]
+
+
+def security_headers(csp: str, hsts_seconds: int) -> tuple[Header, ...]:
+    headers = [
+        (b"cache-control", b"no-store"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"content-security-policy", csp.encode()),
+        (b"referrer-policy", b"no-referrer"),
+    ]
+    if hsts_seconds:
+        headers.append((b"strict-transport-security", f"max-age={hsts_seconds}".encode()))
+    return tuple(headers)
+
+
 class RequestContext:
     """Gives each request an id (a valid incoming X-Request-ID, or a new one), returns it as
-    X-Request-ID, and writes one access log line with the route template, status and duration.
+    X-Request-ID with the security headers, and writes one access log line with the route
+    template, status and duration. Every path is served with or without one trailing slash.
     Written as plain ASGI so that it costs one function call per request, not a task hop."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, hsts_seconds: int = 0) -> None:
         self.app = app
+        self.api_headers = security_headers(API_CSP, hsts_seconds)
+        self.docs_headers = security_headers(DOCS_CSP, hsts_seconds)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = scope["path"]
+        if path[-1:] == "/" and path != "/":
+            # Rather than Starlette's redirect, which built an absolute URL from the Host
+            # header and lost POST bodies. Before routing and metrics, so that the route
+            # template (not the raw path) is what they see.
+            scope["path"] = path = path[:-1]
+        extra = self.docs_headers if path in DOCS_PAGES else self.api_headers
         request_id = _incoming_request_id(scope) or secrets.token_hex(16)
         reset = request_id_var.set(request_id)
         started = time.perf_counter()
@@ -216,7 +252,8 @@ class RequestContext:
             if message["type"] == "http.response.start":
                 status_code = message["status"]
                 message["headers"] = [
-                    *message.get("headers", []),
+                    *message.get("headers", ()),
+                    *extra,
                     (b"x-request-id", request_id.encode()),
                 ]
             await send(message)

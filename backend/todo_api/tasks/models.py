@@ -3,7 +3,8 @@
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, ConfigDict, StringConstraints, field_validator
+from pydantic import AfterValidator, ConfigDict, StringConstraints, WithJsonSchema, field_validator
+from pydantic.json_schema import SkipJsonSchema
 from sqlalchemy import Boolean, Column, ForeignKey, Index, String, Text, false, func
 from sqlmodel import Field, SQLModel
 
@@ -25,13 +26,21 @@ def _storable_text(value: str) -> str:
     return value
 
 
+# The OpenAPI schema states exactly what the validators accept, so that a client (or a fuzzer)
+# reading it never sends a "valid" value we refuse: a title is 1-200 characters once its
+# surrounding whitespace is trimmed (`\s` in Python's sense, as `str.strip`), without NUL.
+_TITLE_PATTERN = rf"^\s*[^\s\x00](?:[^\x00]{{0,{TITLE_MAX - 2}}}[^\s\x00])?\s*$"
 Title = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=TITLE_MAX),
     AfterValidator(_storable_text),
+    WithJsonSchema({"type": "string", "pattern": _TITLE_PATTERN}),
 ]
 Description = Annotated[
-    str, StringConstraints(max_length=DESCRIPTION_MAX), AfterValidator(_storable_text)
+    str,
+    StringConstraints(max_length=DESCRIPTION_MAX),
+    AfterValidator(_storable_text),
+    WithJsonSchema({"type": "string", "maxLength": DESCRIPTION_MAX, "pattern": r"^[^\x00]*$"}),
 ]
 
 
@@ -89,12 +98,21 @@ class TaskCreate(_Input):
     completed: bool = False
 
 
+def _omitted_not_null(schema: dict[str, Any]) -> None:
+    # Omitted means "unchanged": a `default: null` would tell clients to send null.
+    for name in ("title", "completed"):
+        schema["properties"][name].pop("default", None)
+
+
 class TaskUpdate(_Input):
     """Any subset of the fields; description null clears it, title or completed null is refused."""
 
-    title: Title | None = None
+    model_config = ConfigDict(json_schema_extra=_omitted_not_null)
+
+    # None only marks "omitted" (left out of the schema); an explicit null is refused below.
+    title: Title | SkipJsonSchema[None] = None
     description: Description | None = None
-    completed: bool | None = None
+    completed: bool | SkipJsonSchema[None] = None
 
     @field_validator("title", "completed")
     @classmethod
