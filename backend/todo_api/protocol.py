@@ -119,12 +119,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._head_bytes = 0
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if self._stopping and self.timeout_keep_alive_task is not None:
-            # Answered with keep-alive before the worker began to stop: idle, so a short grace.
-            self._close_after(self.idle_grace)
-
     def shutdown(self) -> None:
         """The worker is stopping: every answer from now on closes its connection."""
         if self._stopping:
@@ -136,11 +130,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if cycle is not None and not cycle.response_complete:
             if not cycle.response_started:
                 cycle.keep_alive = False
-            # Otherwise its head went out with keep-alive: it finishes, then gets the grace.
+            elif not self.pipeline:
+                # Its head went out with keep-alive: once it is complete, the grace.
+                cycle.on_response = self._last_response_complete
         elif not self._head_bytes:
             # Idle: a request may be on its way already, and is answered if it comes soon.
             self._close_after(self.idle_grace)
         # A head that is arriving is answered with `Connection: close`, or times out.
+
+    def _last_response_complete(self) -> None:
+        self.on_response_complete()
+        if self.timeout_keep_alive_task is not None:
+            self._close_after(self.idle_grace)
 
     def _close_after(self, seconds: float) -> None:
         self._unset_keepalive_if_required()
