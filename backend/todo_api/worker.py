@@ -2,6 +2,7 @@
 Uvicorn's access log (one line per request, with the request id and route template), and our
 HTTP protocol (bounded request heads, no request lost when the worker stops: protocol.py)."""
 
+import socket
 import sys
 from typing import Any, ClassVar
 
@@ -22,7 +23,7 @@ class Server(uvicorn.Server):
         self.state = ServerState()
         self.server_state = self.state
 
-    async def shutdown(self, sockets: Any = None) -> None:
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.state.stopping = True
         await super().shutdown(sockets)
 
