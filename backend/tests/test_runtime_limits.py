@@ -58,6 +58,23 @@ def read_until_closed(sock: socket.socket, within: float) -> tuple[bytes, bool]:
     return received, False
 
 
+def read_response(sock: socket.socket) -> bytes:
+    """One response with a Content-Length (its head and body may come in separate reads)."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection was closed after {answer!r}"
+        answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    fields = dict(line.split(b": ", 1) for line in head.lower().split(b"\r\n")[1:])
+    length = int(fields[b"content-length"])
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection was closed after {answer!r}"
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 def status_of(answer: bytes) -> int:
     return int(answer.split(b" ", 2)[1])
 
@@ -254,3 +271,33 @@ def test_other_clients_are_served_while_heads_stream_in(server: Server) -> None:
         stop.set()
         for thread in streams:
             thread.join(timeout=15)
+
+
+def test_a_stopping_worker_answers_a_request_on_an_idle_connection(tmp_path: Path) -> None:
+    """A keep-alive connection is idle when its worker starts to stop (recycled); the client's
+    next request comes a moment later and is answered, with `Connection: close`."""
+    env = {
+        "WEB_CONCURRENCY": "1",
+        "MAX_REQUESTS": "10",
+        "MAX_REQUESTS_JITTER": "0",
+        "SHUTDOWN_IDLE_GRACE_SECONDS": "5",
+    }
+    request = b"GET /livez HTTP/1.1\r\nHost: test\r\n\r\n"
+    with gunicorn(f"sqlite:///{tmp_path / 'todo.db'}", tmp_path, **env) as server:
+        with connect(server) as sock:
+            stopping = False
+            for _ in range(20):
+                sock.sendall(request)
+                answer = read_response(sock)
+                assert status_of(answer) == 200
+                assert b"connection: close" not in answer.lower()
+                time.sleep(0.3)  # the worker checks its request count every 0.1 s
+                if any("Maximum request limit" in line for line in server.lines()):
+                    stopping = True
+                    break
+            assert stopping, "the worker was not recycled"
+            sock.sendall(request)
+            answer, closed = read_until_closed(sock, 6)
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        assert b"connection: close" in answer.lower()
+        assert closed
