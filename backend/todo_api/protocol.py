@@ -143,6 +143,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.timeout_keep_alive_task is not None:
             self._close_after(self.idle_grace)
 
+    def _unsupported_upgrade_warning(self) -> None:
+        # WebSockets are off on purpose (worker.py): the request is served as plain HTTP, and
+        # Uvicorn's two warning lines advising to install a WebSocket library would be wrong.
+        pass
+
     def _close_after(self, seconds: float) -> None:
         self._unset_keepalive_if_required()
         self.timeout_keep_alive_task = self.loop.call_later(
