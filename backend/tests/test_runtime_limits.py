@@ -1,6 +1,7 @@
 """Hostile request heads against the production process (`todo-api serve`): raw sockets, one
 worker, so that its memory can be measured."""
 
+import contextlib
 import json
 import socket
 import threading
@@ -166,6 +167,20 @@ class TestHeadSize:
             sock.sendall(head * 3 + last)
             answer, closed = read_until_closed(sock, 5)
         assert answer.count(b"HTTP/1.1 200 OK") == 4
+        assert closed
+
+    def test_a_request_before_an_oversized_pipelined_head_is_answered(self, server: Server) -> None:
+        # A head pipelined in the same read as the request before it is counted from the next
+        # read on: 1 MiB is over the limit plus any read.
+        with connect(server) as sock:
+            first = b"GET /livez HTTP/1.1\r\nHost: test\r\n\r\n"
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(first + request_head("/", 1024 * 1024))
+            answer, closed = read_until_closed(sock, 5)
+        assert answer.startswith(b"HTTP/1.1 200 OK"), answer[:200]
+        # The oversized head gets a 431 when the first answer was complete before it was read.
+        second = answer.partition(b'{"status":"ok"}')[2]
+        assert second == b"" or status_of(second) == 431, second
         assert closed
 
 

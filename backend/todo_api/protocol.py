@@ -173,9 +173,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_head_timer()
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
-            # A pipelined request still running: its answer cannot follow ours.
-            cycle.disconnected = True
-            cycle.message_event.set()
+            # A pipelined request is still being answered: its answer goes out, then the
+            # connection closes; the refused head gets no answer of its own.
+            cycle.keep_alive = False
+            self.flow.pause_reading()
+            return
         body = orjson.dumps({"detail": detail})
         content = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
