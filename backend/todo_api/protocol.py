@@ -3,9 +3,10 @@ clean goodbye when the worker stops.
 
 Uvicorn's httptools protocol has no limit on a request head and no timer while one is arriving,
 so a client could make a worker buffer tens of MiB, or hold a connection forever by sending a head
-slowly (or not at all). Its h11 protocol has a size limit, but costs far more per request. This
-subclass adds what is missing and nothing to the common path beyond a comparison and an addition
-per read: a timer is armed only while a head is incomplete at the end of a read.
+slowly (or not at all). Its h11 protocol has a size limit, but costs five times as much CPU per
+request (70 µs against 13, the protocols alone with a trivial app). This subclass adds what is
+missing and little to the common path (about 1 µs per request, measured the same way): a
+comparison and an addition per read, and a timer only while a head is incomplete after a read.
 
 When the worker stops (recycled after MAX_REQUESTS, or SIGTERM), Uvicorn closes idle keep-alive
 connections at once; a request the client has just sent on one is then lost to a reset. Here every
