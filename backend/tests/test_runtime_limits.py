@@ -14,6 +14,7 @@ import pytest
 
 from tests.support import auth
 from tests.test_server_process import Server, gunicorn
+from todo_api.security_headers import API_CSP, security_headers
 
 pytestmark = pytest.mark.slow
 
@@ -112,6 +113,9 @@ class TestHeadSize:
         assert b"connection: close" in head.lower()
         assert json.loads(body) == {"detail": "Request header fields too large"}
         assert closed
+        # The answer written before any app code runs still carries the security headers.
+        for name, value in security_headers(API_CSP, hsts_seconds=0):
+            assert name + b": " + value in head.lower()
 
     def test_sixteen_megabytes_of_headers_are_refused(self, server: Server) -> None:
         with connect(server) as sock:

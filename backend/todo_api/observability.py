@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from todo_api.config import Settings
 from todo_api.logs import request_id_var
+from todo_api.security_headers import API_CSP, DOCS_CSP, security_headers
 
 NOT_MEASURED = ["/metrics", "/livez", "/readyz"]
 _NOT_MEASURED_PATTERNS = [f"^{path}$" for path in NOT_MEASURED]
@@ -47,15 +48,6 @@ ALL_LATENCY_BUCKETS = (
 )
 TASKS_PATH = "/api/{user_id}/tasks"
 
-# OWASP's REST Security cheat sheet: nothing cached (task lists are private), no MIME sniffing,
-# nothing framed, loaded or referred from an API response.
-API_CSP = "default-src 'none'; frame-ancestors 'none'"
-# The Swagger UI and ReDoc pages (fastapi-offline) start with an inline script, style inline,
-# load their bundles and /openapi.json from this server, and ReDoc runs a worker from a blob.
-DOCS_CSP = (
-    "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data:; connect-src 'self'; worker-src blob:; frame-ancestors 'none'"
-)
 DOCS_PAGES = frozenset({"/docs", "/redoc", "/docs/oauth2-redirect"})
 
 access_log = logging.getLogger("todo_api.access")
@@ -203,21 +195,6 @@ def _metrics_guard(token: str | None) -> Any:
 # Request ids and access logs
 
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
-
-Header = tuple[bytes, bytes]
-
-
-def security_headers(csp: str, hsts_seconds: int) -> tuple[Header, ...]:
-    headers = [
-        (b"cache-control", b"no-store"),
-        (b"x-content-type-options", b"nosniff"),
-        (b"content-security-policy", csp.encode()),
-        (b"referrer-policy", b"no-referrer"),
-    ]
-    if hsts_seconds:
-        headers.append((b"strict-transport-security", f"max-age={hsts_seconds}".encode()))
-    return tuple(headers)
 
 
 class RequestContext:

@@ -22,10 +22,15 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState as UvicornServerState
 
+from todo_api.security_headers import API_CSP, security_headers
+
 # How long a refused connection is still read (and what arrives dropped) before it is closed.
 # Closing a socket with unread bytes makes the kernel send a reset, which can destroy the answer
 # before the client reads it; a well-behaved client closes first, on our half-close.
 LINGER_SECONDS = 2.0
+# The app's security headers, on the answers written here too (HSTS, an app setting, is left to
+# the app's own responses and the proxy).
+_REFUSAL_HEADERS = security_headers(API_CSP, hsts_seconds=0)
 
 
 class ServerState(UvicornServerState):
@@ -181,7 +186,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         body = orjson.dumps({"detail": detail})
         content = [STATUS_LINE[status]]
-        for name, value in self.server_state.default_headers:
+        for name, value in (*self.server_state.default_headers, *_REFUSAL_HEADERS):
             content += [name, b": ", value, b"\r\n"]
         content += [
             b"content-type: application/json\r\n",
