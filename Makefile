@@ -12,7 +12,7 @@ USER_ID ?= demo
 # make run listens on PORT: `make run PORT=8080`, or PORT=8080 in the environment.
 PORT ?= 8000
 
-.PHONY: install run test lint format token serve migrate bench clean stack screenshot
+.PHONY: install companion run test lint format token serve migrate bench clean stack screenshot
 
 install: $(SYNCED)
 
@@ -28,7 +28,7 @@ $(SYNCED): backend/uv.lock backend/pyproject.toml | $(UV)
 run: install  ## the API on http://127.0.0.1:$(PORT) (embedded SQLite, generated dev secret)
 	$(VENV)/bin/todo-api dev --port $(PORT)
 
-test: install  ## the whole suite: SQLite and PostgreSQL, real HTTP, real processes
+test: install companion  ## the whole suite: SQLite and PostgreSQL, real HTTP, real processes
 	cd backend && .venv/bin/pytest $(PYTEST_ARGS)
 
 lint: install
@@ -50,6 +50,12 @@ migrate: install
 COMPANION := deploy/better-auth
 $(COMPANION)/node_modules/.package-lock.json: $(COMPANION)/package-lock.json
 	cd $(COMPANION) && npm ci --no-audit --no-fund
+
+# The companion's packages for the suite, when Node.js is there (without it, its tests skip loudly).
+companion:
+	@if command -v npm >/dev/null; then \
+		$(MAKE) -s --no-print-directory $(COMPANION)/node_modules/.package-lock.json; \
+	else echo "make: no npm here: the Better Auth companion's tests will be skipped"; fi
 
 stack: install $(COMPANION)/node_modules/.package-lock.json  ## companion + API + demo page on http://127.0.0.1:3001 (needs PostgreSQL, Node.js)
 	$(COMPANION)/stack.sh
