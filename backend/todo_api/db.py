@@ -11,6 +11,7 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 
 from todo_api.config import Settings
+from todo_api.deadlines import deadline_cursor
 
 
 def normalise_url(url: str) -> str:
@@ -54,6 +55,11 @@ def create_db_engine(settings: Settings, *, url: str | None = None, pooled: bool
     }
     if not pooled:
         return create_engine(target, connect_args=connect_args, **pool_args)
+    deadlines = deadline_cursor(
+        settings.db_statement_timeout_seconds, settings.db_client_timeout_seconds
+    )
+    if deadlines is not None:
+        connect_args["cursor_factory"] = deadlines[0]
     engine = create_engine(
         target,
         connect_args=connect_args,
@@ -63,6 +69,8 @@ def create_db_engine(settings: Settings, *, url: str | None = None, pooled: bool
     )
     if settings.db_pool_pre_ping:
         _ping_idle_connections(engine, settings.db_ping_after_idle_seconds)
+    if deadlines is not None and (watchdog := deadlines[1]) is not None:
+        event.listen(engine, "engine_disposed", lambda _engine: watchdog.stop())
     return engine
 
 
