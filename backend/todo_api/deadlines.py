@@ -45,15 +45,13 @@ class Watchdog:
         self._running: dict[int, tuple[float, Any, int]] = {}
         self._abandoning: set[int] = set()
         self._lock = threading.Condition()
-        self._work = threading.Event()  # set while anything may be running
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="db-deadlines", daemon=True)
         self._thread.start()
 
     def start(self, key: int, connection: Any) -> None:
+        # Only a dict insert: the watchdog never needs waking (see _watch).
         self._running[key] = (time.monotonic() + self.seconds, connection, connection.fileno())
-        if not self._work.is_set():
-            self._work.set()
 
     def finish(self, key: int) -> bool:
         """Stop watching; True if the statement was abandoned (its connection is unusable)."""
@@ -66,17 +64,18 @@ class Watchdog:
 
     def stop(self) -> None:
         self._stop.set()
-        self._work.set()
         self._thread.join(timeout=5)
 
     def _watch(self) -> None:
         while not self._stop.is_set():
             with self._lock:
                 now = time.monotonic()
-                due = [key for key, (deadline, _, _) in self._running.items() if deadline <= now]
+                # A snapshot (list() copies in one step): start() inserts without the lock.
+                running = list(self._running.items())
+                due = [key for key, (deadline, _, _) in running if deadline <= now]
                 overdue = [self._running.pop(key) for key in due]
                 self._abandoning.update(due)
-                deadlines = [deadline for deadline, _, _ in self._running.values()]
+                deadlines = [deadline for key, (deadline, _, _) in running if key not in due]
                 upcoming = min(deadlines, default=None)
             for _, connection, fd in overdue:
                 _abandon(connection, fd)
@@ -85,15 +84,11 @@ class Watchdog:
                     self._abandoning.difference_update(due)
                     self._lock.notify_all()
                 continue
-            if upcoming is not None:
-                # Every deadline is `seconds` after its start, so a statement that starts while
-                # this sleeps is due later than `upcoming`: nothing needs to wake the thread.
-                self._stop.wait(upcoming - now)
-                continue
-            # Idle: clear first, then look again, so that a start() in between is not missed.
-            self._work.clear()
-            if not self._running:
-                self._work.wait()
+            # Every deadline is `seconds` after its statement starts, so a statement that starts
+            # while this sleeps is due after it wakes: nothing on the request path signals the
+            # thread, and an idle process wakes once every `seconds`.
+            wake = upcoming if upcoming is not None else now + self.seconds
+            self._stop.wait(max(wake - time.monotonic(), 0))
 
 
 def _abandon(connection: Any, fd: int) -> None:
