@@ -63,8 +63,8 @@ class Watchdog:
             return True
 
     def stop(self) -> None:
+        # No join: this may run in a garbage collection on any thread, this one's included.
         self._stop.set()
-        self._thread.join(timeout=5)
 
     def _watch(self) -> None:
         while not self._stop.is_set():
