@@ -1,7 +1,6 @@
 """Engine creation (URL normalising, pool, SQLite pragmas) and the UTC timestamp column type."""
 
 import time
-import weakref
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,11 +55,11 @@ def create_db_engine(settings: Settings, *, url: str | None = None, pooled: bool
     }
     if not pooled:
         return create_engine(target, connect_args=connect_args, **pool_args)
-    deadlines = deadline_cursor(
+    cursor_class = deadline_cursor(
         settings.db_statement_timeout_seconds, settings.db_client_timeout_seconds
     )
-    if deadlines is not None:
-        connect_args["cursor_factory"] = deadlines[0]
+    if cursor_class is not None:
+        connect_args["cursor_factory"] = cursor_class
     engine = create_engine(
         target,
         connect_args=connect_args,
@@ -70,10 +69,6 @@ def create_db_engine(settings: Settings, *, url: str | None = None, pooled: bool
     )
     if settings.db_pool_pre_ping:
         _ping_idle_connections(engine, settings.db_ping_after_idle_seconds)
-    if deadlines is not None and (watchdog := deadlines[1]) is not None:
-        # Not an engine event: any listener on the engine's connection events sends every
-        # execution down SQLAlchemy's slower event path (about 25 us a request, measured).
-        weakref.finalize(engine, watchdog.stop)
     return engine
 
 
