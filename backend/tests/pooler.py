@@ -14,11 +14,12 @@ import subprocess
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from tests.support import PostgresServer, free_port
@@ -60,7 +61,9 @@ def pgbouncer_binary() -> str | None:
 
 
 @contextlib.contextmanager
-def running_pgbouncer(postgres: PostgresServer, *, pool_size: int = 10) -> Iterator[PgBouncer]:
+def running_pgbouncer(
+    postgres: PostgresServer, *, pool_size: int = 10, passwords: Mapping[str, str] | None = None
+) -> Iterator[PgBouncer]:
     """PgBouncer with pool_mode=transaction and `pool_size` server connections per database."""
     binary = pgbouncer_binary()
     if binary is None:
@@ -68,10 +71,15 @@ def running_pgbouncer(postgres: PostgresServer, *, pool_size: int = 10) -> Itera
     upstream = make_url(postgres.admin_url)
     with tempfile.TemporaryDirectory(prefix="pgbouncer-") as name:
         directory = Path(name)
-        # Clients are trusted (as on the test PostgreSQL); the auth file gives PgBouncer the
-        # user's password, if any, for its own logins to the server.
+        # Clients are trusted (as on the test PostgreSQL). PgBouncer accepts only the users in
+        # its auth file, which also gives it their passwords for its own logins to the server:
+        # every login role (no password: fine where the server trusts local connections), the
+        # admin URL's role with its password, and any `passwords` given.
+        known = {role: "" for role in _login_roles(postgres.admin_url)}
+        known[str(upstream.username)] = upstream.password or ""
+        known.update(passwords or {})
         users = directory / "users.txt"
-        users.write_text(f'"{upstream.username}" "{upstream.password or ""}"\n')
+        users.write_text("".join(f'"{role}" "{password}"\n' for role, password in known.items()))
         port = free_port()
         config = directory / "pgbouncer.ini"
         config.write_text(
@@ -106,6 +114,16 @@ server_login_retry = 1
             yield pooler
         finally:
             pooler.stop()
+
+
+def _login_roles(admin_url: str) -> list[str]:
+    engine = sa.create_engine(admin_url)
+    try:
+        with engine.connect() as conn:
+            query = sa.text("SELECT rolname FROM pg_roles WHERE rolcanlogin")
+            return list(conn.execute(query).scalars())
+    finally:
+        engine.dispose()
 
 
 def _wait_until_listening(pooler: PgBouncer, timeout: float = 10) -> None:
