@@ -1,4 +1,5 @@
-"""Fixtures: every API test runs against SQLite and a real PostgreSQL, over real HTTP.
+"""Fixtures: every API test runs against SQLite, a real PostgreSQL and the same PostgreSQL behind
+a real PgBouncer in transaction mode (tests/pooler.py), over real HTTP.
 
 PostgreSQL comes from TEST_DATABASE_URL, else testcontainers (when a Docker engine answers),
 else a server on localhost:5432; each run creates its own database and drops it. With none
@@ -24,7 +25,9 @@ from tests.support import (
 )
 from todo_api.db import normalise_url
 
-BACKENDS = ["sqlite", "postgresql"]
+BACKENDS = ["sqlite", "postgresql", "pgbouncer"]
+# The `pgbouncer` backend: the same PostgreSQL behind a transaction-mode PgBouncer (Neon's pooler).
+pytest_plugins = ["tests.pooler"]
 
 
 @pytest.fixture(scope="session")
@@ -65,6 +68,8 @@ def database_url(request: pytest.FixtureRequest) -> str:
     """The database of the run, once per backend."""
     if request.param == "sqlite":
         return str(request.getfixturevalue("sqlite_url"))
+    if request.param == "pgbouncer":
+        return str(request.getfixturevalue("pooled_pg_url"))
     return str(request.getfixturevalue("pg_url"))
 
 

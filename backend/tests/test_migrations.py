@@ -1,7 +1,9 @@
-"""Migrations are the schema's only source: up, down, no drift, concurrent starts, index use."""
+"""Migrations are the schema's only source: up, down, no drift, concurrent starts (directly and
+through a transaction-mode pooler), index use."""
 
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -9,16 +11,20 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel
 
-from tests.support import SECRET, running_app, settings_for
+from tests.pooler import PgBouncer
+from tests.support import SECRET, PostgresServer, auth, running_app, settings_for
+from tests.test_server_process import gunicorn
 from todo_api import auth_schema  # noqa: F401
 from todo_api.db import normalise_url
-from todo_api.migrate import migrate
+from todo_api.migrate import PG_LOCK_KEY, migrate
 from todo_api.tasks import models  # noqa: F401
 from todo_api.tasks.service import LIST_STATEMENTS
 
 BIN = Path(sys.executable).parent
+ROUNDS, MIGRATORS = 6, 4
 
 
 @pytest.fixture
@@ -46,6 +52,50 @@ def drift(url: str) -> list:
         engine.dispose()
 
 
+def migrate_process(database_url: str) -> tuple[int | None, str]:
+    env = {"DATABASE_URL": database_url, "PATH": str(BIN), "MIGRATION_LOCK_TIMEOUT_SECONDS": "30"}
+    try:
+        result = subprocess.run(
+            [str(BIN / "todo-api"), "migrate"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return None, "hung for 60 s"
+    return result.returncode, result.stderr[-2000:]
+
+
+def advisory_locks(postgres: PostgresServer, database_url: str) -> list[tuple[object, ...]]:
+    """Advisory locks held or awaited in that database, by any session (pooled ones included)."""
+    engine = sa.create_engine(postgres.admin_url)
+    try:
+        with engine.connect() as conn:
+            return list(
+                conn.execute(
+                    sa.text(
+                        "SELECT l.pid, l.objid, l.granted FROM pg_locks l "
+                        "JOIN pg_database d ON d.oid = l.database "
+                        "WHERE l.locktype = 'advisory' AND d.datname = :name"
+                    ),
+                    {"name": make_url(database_url).database},
+                ).all()
+            )
+    finally:
+        engine.dispose()
+
+
+def versions(database_url: str) -> list[str]:
+    engine = sa.create_engine(normalise_url(database_url))
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars())
+    finally:
+        engine.dispose()
+
+
 class TestPostgres:
     def test_up_down_up(self, fresh_pg):
         settings = settings_for(fresh_pg)
@@ -67,27 +117,12 @@ class TestPostgres:
         migrate(settings)
         assert "tasks" in table_names(fresh_pg)
 
-    def test_concurrent_migrate_commands_on_an_empty_database(self, fresh_pg):
-        env = {"DATABASE_URL": fresh_pg, "PATH": str(BIN)}
-
-        def run(_: int) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                [str(BIN / "todo-api"), "migrate"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=120,
-                check=False,
-            )
-
+    def test_concurrent_migrate_commands_on_an_empty_database(self, postgres, fresh_pg):
         with ThreadPoolExecutor(max_workers=6) as pool:
-            results = list(pool.map(run, range(6)))
-        assert [r.returncode for r in results] == [0] * 6, [r.stderr for r in results]
-        engine = sa.create_engine(normalise_url(fresh_pg))
-        with engine.connect() as conn:
-            versions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
-        engine.dispose()
-        assert len(versions) == 1
+            results = list(pool.map(migrate_process, [fresh_pg] * 6))
+        assert [code for code, _ in results] == [0] * 6, [err for _, err in results]
+        assert advisory_locks(postgres, fresh_pg) == []
+        assert len(versions(fresh_pg)) == 1
         assert drift(fresh_pg) == []
 
     def test_concurrent_app_starts_migrate_once(self, fresh_pg):
@@ -100,6 +135,71 @@ class TestPostgres:
         with ThreadPoolExecutor(max_workers=4) as pool:
             assert list(pool.map(start, range(4))) == [200] * 4
         assert drift(fresh_pg) == []
+
+
+class TestThroughPgBouncer:
+    """Neon's pooled URL with no direct URL: migrations through a transaction-mode PgBouncer."""
+
+    @pytest.mark.slow
+    @pytest.mark.parametrize("round_", range(ROUNDS))
+    def test_concurrent_migrate_commands_through_the_pooler(
+        self, round_: int, postgres: PostgresServer, pgbouncer: PgBouncer, fresh_pg: str
+    ) -> None:
+        pooled = pgbouncer.url_for(fresh_pg)
+        with ThreadPoolExecutor(max_workers=MIGRATORS) as pool:
+            results = list(pool.map(migrate_process, [pooled] * MIGRATORS))
+        assert [code for code, _ in results] == [0] * MIGRATORS, [err for _, err in results]
+        assert advisory_locks(postgres, fresh_pg) == []
+        assert len(versions(fresh_pg)) == 1
+
+    @pytest.mark.slow
+    def test_concurrent_first_starts_through_the_pooler_all_come_up(
+        self, postgres: PostgresServer, pgbouncer: PgBouncer, fresh_pg: str, tmp_path: Path
+    ) -> None:
+        """Three `todo-api serve` (two workers each, MIGRATE_ON_START) on a fresh database."""
+        pooled = pgbouncer.url_for(fresh_pg)
+
+        def start(n: int) -> tuple[int, str]:
+            directory = tmp_path / f"server{n}"
+            directory.mkdir()
+            with gunicorn(pooled, directory) as server:
+                # Both workers took the same start-up path; neither may have failed it.
+                created = server.request(
+                    "POST",
+                    "/api/alice/tasks",
+                    json={"title": f"from server {n}"},
+                    headers=auth("alice"),
+                ).status_code
+                alive = server.process.poll() is None
+                return (created if alive else -1), server.log.read_text()
+
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            results = list(pool.map(start, range(3)))
+        for status, log in results:
+            assert status == 201, log
+            assert "startup failed" not in log.lower(), log
+            assert "Traceback" not in log, log
+        assert advisory_locks(postgres, fresh_pg) == []
+        assert len(versions(fresh_pg)) == 1
+
+    def test_a_migrator_waits_for_the_lock_only_as_long_as_configured(
+        self, pgbouncer: PgBouncer, fresh_pg: str
+    ) -> None:
+        """Another migration holding the lock: this one fails after the lock timeout, no hang."""
+        holder = sa.create_engine(normalise_url(fresh_pg))
+        try:
+            with holder.connect() as conn:
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_LOCK_KEY})
+                started = time.monotonic()
+                with pytest.raises(sa.exc.OperationalError, match="lock timeout"):
+                    migrate(
+                        settings_for(pgbouncer.url_for(fresh_pg), migration_lock_timeout_seconds=1)
+                    )
+                assert time.monotonic() - started < 5
+                conn.rollback()
+            assert sa.inspect(holder).get_table_names() == []
+        finally:
+            holder.dispose()
 
 
 class TestSqlite:

@@ -30,7 +30,11 @@ class Settings(BaseSettings):
     db_pool_pre_ping: bool = True
     db_ping_after_idle_seconds: float = Field(default=5.0, ge=0)
     db_connect_timeout: int = Field(default=5, ge=1, le=120)
+    db_statement_timeout_seconds: float = Field(default=5.0, ge=0)
+    db_client_timeout_seconds: float = Field(default=6.0, ge=0)
     migrate_on_start: bool = True
+    migration_lock_timeout_seconds: float = Field(default=60.0, gt=0)
+    migration_statement_timeout_seconds: float = Field(default=300.0, gt=0)
 
     # Authentication
     better_auth_secret: str | None = None

@@ -14,6 +14,7 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 
 from todo_api.config import Settings
+from todo_api.deadlines import deadline_cursor
 
 log = logging.getLogger("todo_api.db")
 
@@ -59,6 +60,11 @@ def create_db_engine(settings: Settings, *, url: str | None = None, pooled: bool
     }
     if not pooled:
         return create_engine(target, connect_args=connect_args, **pool_args)
+    cursor_class = deadline_cursor(
+        settings.db_statement_timeout_seconds, settings.db_client_timeout_seconds
+    )
+    if cursor_class is not None:
+        connect_args["cursor_factory"] = cursor_class
     engine = create_engine(
         target,
         connect_args=connect_args,

@@ -17,6 +17,8 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from todo_api.deadlines import is_timeout
+
 log = logging.getLogger("todo_api")
 
 _ERROR_DESCRIPTIONS = {
@@ -127,8 +129,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def database_unavailable(request: Request, exc: Exception) -> Response:
         # The engine hides bound parameters, so the message carries no user data.
         log.error("database unavailable: %s", exc)
+        detail = "Database unavailable; try again shortly"
+        if is_timeout(exc):
+            # A statement timeout or the client's deadline: specs/api.md says what a client
+            # may assume about a write answered this way.
+            detail = "Database did not answer in time; a write may or may not have been applied"
         return JSONResponse(
-            {"detail": "Database unavailable; try again shortly"},
+            {"detail": detail},
             status.HTTP_503_SERVICE_UNAVAILABLE,
             headers={"Retry-After": "5"},
         )

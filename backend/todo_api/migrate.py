@@ -13,7 +13,7 @@ from todo_api.config import Settings
 from todo_api.db import create_db_engine
 
 # Any fixed 64-bit number that no other tool sharing the database uses as an advisory lock key.
-_PG_LOCK_KEY = 0x746F646F  # b'todo'
+PG_LOCK_KEY = 0x746F646F  # b'todo'
 
 
 def alembic_config() -> Config:
@@ -23,10 +23,15 @@ def alembic_config() -> Config:
 
 
 def migrate(settings: Settings, revision: str = "head", *, downgrade: bool = False) -> None:
-    """Upgrade (or downgrade) the database at DATABASE_URL_DIRECT, else DATABASE_URL."""
+    """Upgrade (or downgrade) the database at DATABASE_URL_DIRECT, else DATABASE_URL.
+
+    The whole run is one transaction, so it works through a transaction-mode pooler (Neon's
+    pooled URL) as well as on a direct connection: PgBouncer keeps a transaction on one server
+    connection, and nothing outlives the transaction on the connection it leaves behind.
+    """
     engine = create_db_engine(settings, url=settings.migration_url, pooled=False)
     try:
-        with engine.connect() as conn, _exclusive(engine, conn):
+        with engine.connect() as conn, _exclusive(engine, conn, settings):
             config = alembic_config()
             config.attributes["connection"] = conn
             if downgrade:
@@ -39,18 +44,26 @@ def migrate(settings: Settings, revision: str = "head", *, downgrade: bool = Fal
 
 
 @contextmanager
-def _exclusive(engine: Engine, conn: Connection) -> Iterator[None]:
-    """Hold a lock that only one migrating process at a time can have."""
+def _exclusive(engine: Engine, conn: Connection, settings: Settings) -> Iterator[None]:
+    """Let one migrating process at a time in; the others wait, then find nothing left to do."""
     if conn.dialect.name == "postgresql":
-        # A session-level advisory lock: the others wait here, then find nothing left to do.
-        conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _PG_LOCK_KEY})
-        conn.commit()
-        try:
-            yield
-        finally:
-            conn.rollback()
-            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _PG_LOCK_KEY})
-            conn.commit()
+        # A transaction-scoped advisory lock, taken in the transaction that then runs the whole
+        # upgrade: released by its COMMIT or ROLLBACK, never left behind on a pooled server
+        # connection (a session lock through a transaction-mode pooler lands on whichever server
+        # connection runs that statement, and stays there). Both waits are bounded: a stuck
+        # migrator or a long-held table lock fails this run with an error instead of a hang.
+        conn.execute(
+            text(
+                "SELECT set_config('lock_timeout', :lock_ms, true),"
+                " set_config('statement_timeout', :statement_ms, true)"
+            ),
+            {
+                "lock_ms": _milliseconds(settings.migration_lock_timeout_seconds),
+                "statement_ms": _milliseconds(settings.migration_statement_timeout_seconds),
+            },
+        )
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_LOCK_KEY})
+        yield
         return
     database = engine.url.database
     if not database or database == ":memory:":
@@ -62,3 +75,7 @@ def _exclusive(engine: Engine, conn: Connection) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def _milliseconds(seconds: float) -> str:
+    return str(round(seconds * 1000))

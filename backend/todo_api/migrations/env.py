@@ -17,6 +17,9 @@ def _run(connection: Connection) -> None:
         target_metadata=target_metadata,
         compare_type=True,
         render_as_batch=connection.dialect.name == "sqlite",
+        # Every pending revision in the caller's single transaction, which also holds the
+        # migration lock (todo_api.migrate): all or nothing, and correct through a pooler.
+        transaction_per_migration=False,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -1,0 +1,117 @@
+"""A bound on a request's database time: a write stuck behind a locked row, and a request queued
+in a pooler whose server connections are all busy, are answered 503 in time, and not applied."""
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from tests.pooler import PgBouncer, require_pgbouncer, running_pgbouncer
+from tests.support import PostgresServer, auth, running_app, settings_for
+from todo_api.db import normalise_url
+from todo_api.migrate import migrate
+
+BOUND = 1.0
+# Scheduling on a shared, busy test machine; the request waited 10-15 s before the fix.
+SLACK = 2.0
+ALICE = auth("alice")
+
+
+@pytest.fixture(scope="module")
+def database(postgres: PostgresServer) -> Iterator[str]:
+    url = postgres.create_database()
+    migrate(settings_for(url))
+    yield url
+    postgres.drop_database(url)
+
+
+@pytest.fixture(params=["postgresql", "pgbouncer"])
+def route(request: pytest.FixtureRequest, database: str) -> str:
+    """The URL the app uses: the database itself, or through the transaction-mode pooler."""
+    if request.param == "postgresql":
+        return database
+    pooler: PgBouncer = request.getfixturevalue("pgbouncer")
+    return pooler.url_for(database)
+
+
+@contextmanager
+def holding(url: str, sql: str, **params: object) -> Iterator[None]:
+    """Run `sql` in a transaction that stays open (holding its locks) until the block ends."""
+    engine = sa.create_engine(normalise_url(url))
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text(sql), params)
+            try:
+                yield
+            finally:
+                conn.rollback()
+    finally:
+        engine.dispose()
+
+
+def assert_timed_out(response: httpx.Response, elapsed: float) -> None:
+    assert response.status_code == 503, response.text
+    assert response.headers["Retry-After"].isdigit()
+    assert "in time" in response.json()["detail"]
+    assert elapsed < BOUND + SLACK, elapsed
+
+
+@pytest.mark.parametrize(
+    ("server_side", "client_side"),
+    [(BOUND, 0), (0, BOUND)],
+    ids=["statement_timeout", "client_deadline"],
+)
+def test_a_write_waiting_on_a_locked_row_is_503_in_time_and_not_applied(
+    route: str, database: str, server_side: float, client_side: float
+) -> None:
+    settings = settings_for(
+        route, db_statement_timeout_seconds=server_side, db_client_timeout_seconds=client_side
+    )
+    with running_app(settings) as client:
+        client.timeout = httpx.Timeout(10)
+        task = client.post("/api/alice/tasks", json={"title": "before"}, headers=ALICE).json()
+        with holding(database, "SELECT 1 FROM tasks WHERE id = :id FOR UPDATE", id=task["id"]):
+            started = time.monotonic()
+            response = client.put(
+                f"/api/alice/tasks/{task['id']}", json={"title": "after"}, headers=ALICE
+            )
+            assert_timed_out(response, time.monotonic() - started)
+        # The lock is gone: had the update only been left waiting, it would now go through.
+        time.sleep(0.5)
+        current = client.get(f"/api/alice/tasks/{task['id']}", headers=ALICE)
+        assert current.status_code == 200
+        assert current.json()["title"] == "before"
+
+
+def test_a_request_queued_in_a_saturated_pooler_is_503_in_time(
+    postgres: PostgresServer, database: str
+) -> None:
+    """The pooler's only server connection is held by another client's open transaction."""
+    require_pgbouncer()
+    with running_pgbouncer(postgres, pool_size=1) as pooler:
+        pooled = pooler.url_for(database)
+        settings = settings_for(
+            pooled, migrate_on_start=False, db_client_timeout_seconds=BOUND, db_pool_size=2
+        )
+        with running_app(settings) as client:
+            client.timeout = httpx.Timeout(10)
+            assert client.get("/api/alice/tasks", headers=ALICE).status_code == 200
+            with holding(pooled, "SELECT 1"):
+                started = time.monotonic()
+                with ThreadPoolExecutor(max_workers=2) as pool:
+                    listed = pool.submit(client.get, "/api/alice/tasks", headers=ALICE)
+                    created = pool.submit(
+                        client.post, "/api/alice/tasks", json={"title": "q"}, headers=ALICE
+                    )
+                    responses = [listed.result(), created.result()]
+                elapsed = time.monotonic() - started
+                for response in responses:
+                    assert_timed_out(response, elapsed)
+            # The abandoned connections were replaced: the next requests are served.
+            assert client.get("/api/alice/tasks", headers=ALICE).status_code == 200
+            titles = [t["title"] for t in client.get("/api/alice/tasks", headers=ALICE).json()]
+            assert "q" not in titles

@@ -1,0 +1,151 @@
+"""A time bound on every statement of the request engine, kept by the server and by the client.
+
+The server's: `statement_timeout`, sent as `SET LOCAL` in the same query string as the statement
+(one round trip; several statements in one simple query run as one transaction, so the setting
+covers exactly this statement). A session-level SET would leak to other clients through a
+transaction-mode pooler, and Neon's pooler ignores the startup `options` parameter.
+
+The client's: `statement_timeout` cannot see the time a statement spends queued in a pooler
+(Neon's queues a client for up to 120 s) or waiting on an unreachable server. A watchdog thread
+cancels an overdue statement through the driver, then shuts its connection's socket down, which
+unblocks the waiting thread at once (PgBouncer drops a cancel request for a client that is still
+in its queue). The statement then fails with `StatementTimeout`, and its connection is closed,
+so the pool replaces it and a late cancel can never hit a later statement. psycopg2 has no
+client-side timeout of its own, hence this small hand-written one.
+"""
+
+import contextlib
+import os
+import socket
+import threading
+import time
+import weakref
+from typing import Any, ClassVar
+
+# psycopg2 ships no type hints (and types-psycopg2 is not a dependency): its names are Any here.
+import psycopg2  # type: ignore[import-untyped]
+import psycopg2.extensions  # type: ignore[import-untyped]
+from psycopg2.errors import QueryCanceled  # type: ignore[import-untyped]
+
+
+def is_timeout(error: BaseException) -> bool:
+    """The database error under a SQLAlchemy one is a statement timeout or a client deadline."""
+    return isinstance(getattr(error, "orig", None), QueryCanceled)
+
+
+class StatementTimeout(QueryCanceled):  # type: ignore[misc]
+    """A statement did not complete within DB_CLIENT_TIMEOUT_SECONDS; it may have been applied."""
+
+
+class Watchdog:
+    """Abandons statements that run past their deadline (one thread per engine)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        # id(cursor) -> (deadline, connection, socket fd), for the statements now running.
+        self._running: dict[int, tuple[float, Any, int]] = {}
+        self._abandoning: set[int] = set()
+        self._lock = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="db-deadlines", daemon=True)
+        self._thread.start()
+
+    def start(self, key: int, connection: Any) -> None:
+        # Only a dict insert: the watchdog never needs waking (see _watch).
+        self._running[key] = (time.monotonic() + self.seconds, connection, connection.fileno())
+
+    def finish(self, key: int) -> bool:
+        """Stop watching; True if the statement was abandoned (its connection is unusable)."""
+        with self._lock:
+            if self._running.pop(key, None) is not None:
+                return False
+            # The watchdog took it: wait until it is done with the connection.
+            self._lock.wait_for(lambda: key not in self._abandoning)
+            return True
+
+    def stop(self) -> None:
+        # No join: this may run in a garbage collection on any thread, this one's included.
+        self._stop.set()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                now = time.monotonic()
+                # A snapshot (list() copies in one step): start() inserts without the lock.
+                running = list(self._running.items())
+                due = [key for key, (deadline, _, _) in running if deadline <= now]
+                overdue = [self._running.pop(key) for key in due]
+                self._abandoning.update(due)
+                deadlines = [deadline for key, (deadline, _, _) in running if key not in due]
+                upcoming = min(deadlines, default=None)
+            for _, connection, fd in overdue:
+                _abandon(connection, fd)
+            if due:
+                with self._lock:
+                    self._abandoning.difference_update(due)
+                    self._lock.notify_all()
+                continue
+            # Every deadline is `seconds` after its statement starts, so a statement that starts
+            # while this sleeps is due after it wakes: nothing on the request path signals the
+            # thread, and an idle process wakes once every `seconds`.
+            wake = upcoming if upcoming is not None else now + self.seconds
+            self._stop.wait(max(wake - time.monotonic(), 0))
+
+
+def _abandon(connection: Any, fd: int) -> None:
+    # The cancel stops a statement that runs (or waits on a lock) on the server, so that it is
+    # not applied later; the shutdown frees a client still queued in a pooler, which drops it.
+    with contextlib.suppress(psycopg2.Error):
+        connection.cancel()
+    try:
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+class DeadlineCursor(psycopg2.extensions.cursor):  # type: ignore[misc]
+    """psycopg2's cursor with the statement timeout prefixed and the client deadline kept."""
+
+    prefix: ClassVar[str] = ""
+    watchdog: ClassVar[Watchdog | None] = None
+
+    def execute(self, query: Any, vars: Any = None) -> None:
+        if isinstance(query, str):
+            query = self.prefix + query
+        watchdog = self.watchdog
+        if watchdog is None:
+            super().execute(query, vars)
+            return
+        key = id(self)
+        watchdog.start(key, self.connection)
+        try:
+            super().execute(query, vars)
+        except psycopg2.Error as error:
+            if watchdog.finish(key):
+                raise self._timed_out(watchdog) from error
+            raise
+        if watchdog.finish(key):
+            # It completed just as the deadline passed, but its socket is shut down by now.
+            raise self._timed_out(watchdog)
+
+    def _timed_out(self, watchdog: Watchdog) -> StatementTimeout:
+        # Closed, so SQLAlchemy sees a disconnect and drops the connection from its pool.
+        self.connection.close()
+        return StatementTimeout(f"no answer from the database within {watchdog.seconds:g} s")
+
+
+def deadline_cursor(statement_timeout: float, client_timeout: float) -> type[DeadlineCursor] | None:
+    """A cursor class for one engine, with its own watchdog; None when both bounds are off (0)."""
+    if not statement_timeout and not client_timeout:
+        return None
+    prefix = f"SET LOCAL statement_timeout = {round(statement_timeout * 1000)};"
+    watchdog = Watchdog(client_timeout) if client_timeout else None
+    attributes = {"prefix": prefix if statement_timeout else "", "watchdog": watchdog}
+    cursor_class = type("EngineDeadlineCursor", (DeadlineCursor,), attributes)
+    if watchdog is not None:
+        # The thread ends with the engine whose connections make these cursors. Not through an
+        # engine event: any listener on an engine's connection events sends every execution
+        # down SQLAlchemy's slower event path (about 25 us a request, measured).
+        weakref.finalize(cursor_class, watchdog.stop)
+    return cursor_class
