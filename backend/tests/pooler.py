@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from tests.support import PostgresServer, free_port
+from tests.support import APP_ROLE, APP_ROLE_PASSWORD, PostgresServer, free_port
 
 # Debian installs it outside a normal user's PATH.
 _DEBIAN_BINARY = "/usr/sbin/pgbouncer"
@@ -74,9 +74,10 @@ def running_pgbouncer(
         # Clients are trusted (as on the test PostgreSQL). PgBouncer accepts only the users in
         # its auth file, which also gives it their passwords for its own logins to the server:
         # every login role (no password: fine where the server trusts local connections), the
-        # admin URL's role with its password, and any `passwords` given.
+        # admin URL's role and the app's role with their passwords, and any `passwords` given.
         known = {role: "" for role in _login_roles(postgres.admin_url)}
         known[str(upstream.username)] = upstream.password or ""
+        known[APP_ROLE] = APP_ROLE_PASSWORD
         known.update(passwords or {})
         users = directory / "users.txt"
         users.write_text("".join(f'"{role}" "{password}"\n' for role, password in known.items()))

@@ -6,18 +6,11 @@ per database and user, so that every client shares the same PostgreSQL session, 
 endpoint may. The superuser (which skips row-level security) only seeds and checks the data.
 """
 
-import contextlib
 import logging
-import os
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,14 +19,11 @@ import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 
+from tests.pooler import require_pgbouncer, running_pgbouncer
 from tests.support import (
-    APP_ROLE,
-    APP_ROLE_PASSWORD,
     PostgresServer,
     as_app_role,
     auth,
-    free_port,
-    port_answers,
     random_user,
     running_app,
     settings_for,
@@ -49,65 +39,6 @@ ALICE, BOB = "u7", "u8"
 # A user id that would break out of a string-formatted SQL literal (and psycopg2's % syntax).
 AWKWARD = "o'brien\\%s); DELETE FROM tasks; --"
 UNSCOPED = sa.text("SELECT DISTINCT user_id FROM tasks")
-
-
-# --- PgBouncer ------------------------------------------------------------------------------
-
-
-def pgbouncer_binary() -> str:
-    found = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-    if Path(found).is_file():
-        return found
-    reason = "PGBOUNCER TESTS SKIPPED: no pgbouncer binary (Debian package `pgbouncer`)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true but {reason}", pytrace=False)
-    warnings.warn(reason, stacklevel=2)
-    pytest.skip(reason)
-
-
-@contextlib.contextmanager
-def running_pgbouncer(server_url: str) -> Iterator[int]:
-    """PgBouncer in transaction mode with one server connection per pool, on a free port."""
-    binary = pgbouncer_binary()
-    server = make_url(server_url)
-    admin_user, admin_password = server.username or "postgres", server.password or ""
-    with tempfile.TemporaryDirectory(prefix="todo-pgbouncer-") as workdir:
-        directory = Path(workdir)
-        # PgBouncer refuses to run as root: it switches to `nobody`, who must read the files.
-        directory.chmod(0o755)
-        port = free_port()
-        users = directory / "users.txt"
-        users.write_text(f'"{APP_ROLE}" "{APP_ROLE_PASSWORD}"\n"{admin_user}" "{admin_password}"\n')
-        config = directory / "pgbouncer.ini"
-        config.write_text(
-            "[databases]\n"
-            f"* = host={server.host or '127.0.0.1'} port={server.port or 5432}\n"
-            "[pgbouncer]\n"
-            f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
-            f"auth_type = trust\nauth_file = {users}\n"
-            "pool_mode = transaction\ndefault_pool_size = 1\nmax_client_conn = 200\n"
-            "ignore_startup_parameters = extra_float_digits\n"
-        )
-        for path in (users, config):
-            path.chmod(0o644)
-        command = [binary, *(["-u", "nobody"] if os.geteuid() == 0 else []), str(config)]
-        log = directory / "pgbouncer.log"
-        with log.open("wb") as output:
-            process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 10
-            while not port_answers("127.0.0.1", port):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"pgbouncer did not start: {log.read_text()[-2000:]}")
-                time.sleep(0.05)
-            yield port
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
 
 
 # --- The database ---------------------------------------------------------------------------
@@ -151,9 +82,12 @@ def admin(database: str) -> Iterator[sa.Engine]:
 
 
 @pytest.fixture(scope="module")
-def pgbouncer(database: str) -> Iterator[int]:
-    with running_pgbouncer(database) as port:
-        yield port
+def shared_session_pooler(postgres: PostgresServer) -> Iterator[int]:
+    """PgBouncer with ONE server connection per database and user: every client of the app's
+    role shares the same PostgreSQL session."""
+    require_pgbouncer()
+    with running_pgbouncer(postgres, pool_size=1) as pooler:
+        yield pooler.port
 
 
 def through_pgbouncer(url: str, port: int) -> str:
@@ -166,7 +100,7 @@ def route(request: pytest.FixtureRequest, database: str) -> str:
     """The app role's URL, straight to PostgreSQL or through PgBouncer."""
     if request.param == "direct":
         return as_app_role(database)
-    return through_pgbouncer(database, request.getfixturevalue("pgbouncer"))
+    return through_pgbouncer(database, request.getfixturevalue("shared_session_pooler"))
 
 
 @pytest.fixture(scope="module")
@@ -313,8 +247,8 @@ class TestThroughOneSharedServerConnection:
     """PgBouncer (transaction mode, one server connection): every client shares one session."""
 
     @pytest.fixture
-    def shared(self, database: str, pgbouncer: int) -> Iterator[sa.Engine]:
-        engine = create_db_engine(settings_for(through_pgbouncer(database, pgbouncer)))
+    def shared(self, database: str, shared_session_pooler: int) -> Iterator[sa.Engine]:
+        engine = create_db_engine(settings_for(through_pgbouncer(database, shared_session_pooler)))
         yield engine
         engine.dispose()
 
@@ -412,13 +346,12 @@ class TestListQueryPlan:
 
 class TestTheApiThroughPgBouncer:
     def test_users_work_through_the_pooler_and_stay_apart(
-        self, database: str, pgbouncer: int, admin: sa.Engine
+        self, database: str, shared_session_pooler: int, admin: sa.Engine
     ) -> None:
         """The real app on PgBouncer (migrations on the direct URL): first writes, reads,
         toggles and deletes by many users at once, each seeing only their own tasks."""
-        settings = settings_for(
-            through_pgbouncer(database, pgbouncer), database_url_direct=as_app_role(database)
-        )
+        pooled = through_pgbouncer(database, shared_session_pooler)
+        settings = settings_for(pooled, database_url_direct=as_app_role(database))
         users = [random_user() for _ in range(12)]
         with running_app(settings) as client:
             base_url = str(client.base_url)
