@@ -52,10 +52,12 @@ $(COMPANION)/node_modules/.package-lock.json: $(COMPANION)/package-lock.json
 	cd $(COMPANION) && npm ci --no-audit --no-fund
 
 # The companion's packages for the suite, when Node.js is there (without it, its tests skip loudly).
+ifneq ($(shell command -v npm 2>/dev/null),)
+companion: $(COMPANION)/node_modules/.package-lock.json
+else
 companion:
-	@if command -v npm >/dev/null; then \
-		$(MAKE) -s --no-print-directory $(COMPANION)/node_modules/.package-lock.json; \
-	else echo "make: no npm here: the Better Auth companion's tests will be skipped"; fi
+	@echo "make: no npm here: the Better Auth companion's tests will be skipped"
+endif
 
 stack: install $(COMPANION)/node_modules/.package-lock.json  ## companion + API + demo page on http://127.0.0.1:3001 (needs PostgreSQL, Node.js)
 	$(COMPANION)/stack.sh

@@ -4,6 +4,7 @@ packages and the CI step that installs them. No Docker or Node needed."""
 import json
 import re
 import shlex
+import subprocess
 from typing import Any
 
 from tests.deploy_files import (
@@ -102,9 +103,18 @@ def test_env_example_wires_the_api_to_the_companion() -> None:
     assert "better-auth" in load_yaml(COMPOSE)["services"]
 
 
-def test_ci_installs_the_companions_locked_packages() -> None:
-    script = (REPO / ".ci" / "run").read_text()
-    assert re.search(r"npm ci\b.*deploy/better-auth|deploy/better-auth.*npm ci\b", script)
+def test_make_test_installs_the_companions_locked_packages() -> None:
+    """`make test` (which .ci/run runs) first runs `npm ci` for the companion, from its lock."""
+    dry_run = subprocess.run(
+        ["make", "-n", "-W", "deploy/better-auth/package-lock.json", "test"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert re.search(r"cd deploy/better-auth && npm ci\b", dry_run), dry_run
+    assert "make test" in (REPO / ".ci" / "run").read_text()
 
 
 def test_the_demo_page_is_one_html_file_with_inline_script_only() -> None:
