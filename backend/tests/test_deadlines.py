@@ -1,10 +1,12 @@
 """A bound on a request's database time: a write stuck behind a locked row, and a request queued
 in a pooler whose server connections are all busy, are answered 503 in time, and not applied."""
 
+import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,6 +14,7 @@ import sqlalchemy as sa
 
 from tests.pooler import PgBouncer, require_pgbouncer, running_pgbouncer
 from tests.support import PostgresServer, auth, running_app, settings_for
+from tests.test_server_process import gunicorn
 from todo_api.db import normalise_url
 from todo_api.migrate import migrate
 
@@ -19,6 +22,7 @@ BOUND = 1.0
 # Scheduling on a shared, busy test machine; the request waited 10-15 s before the fix.
 SLACK = 2.0
 ALICE = auth("alice")
+CONNECT_TIMEOUT = 2
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +119,48 @@ def test_a_request_queued_in_a_saturated_pooler_is_503_in_time(
             assert client.get("/api/alice/tasks", headers=ALICE).status_code == 200
             titles = [t["title"] for t in client.get("/api/alice/tasks", headers=ALICE).json()]
             assert "q" not in titles
+
+
+def test_a_pooler_that_stopped_answering_neither_freezes_the_worker_nor_the_request(
+    postgres: PostgresServer, database: str, tmp_path: Path
+) -> None:
+    """The pooler hangs (a stopped process, a paused VM): even a cancel request gets no answer.
+
+    The kernel still accepts connections on a stopped process's listening socket, so the
+    watchdog's cancel connects and then waits for an answer that never comes. Before the fix
+    that wait was unbounded and held the interpreter lock (psycopg2's cancel()): the whole
+    worker froze, /livez included, until the pooler came back.
+    """
+    require_pgbouncer()
+    with (
+        running_pgbouncer(postgres) as pooler,
+        gunicorn(
+            pooler.url_for(database),
+            tmp_path,
+            WEB_CONCURRENCY="1",
+            MIGRATE_ON_START="false",
+            DB_CLIENT_TIMEOUT_SECONDS=str(BOUND),
+            DB_CONNECT_TIMEOUT=str(CONNECT_TIMEOUT),
+        ) as server,
+        httpx.Client(base_url=server.url, timeout=15) as client,
+    ):
+        assert client.get("/api/alice/tasks", headers=ALICE).status_code == 200
+        pooler.process.send_signal(signal.SIGSTOP)
+        try:
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                started = time.monotonic()
+                listed = pool.submit(client.get, "/api/alice/tasks", headers=ALICE)
+                time.sleep(BOUND + 0.5)  # the watchdog is abandoning the statement now
+                with httpx.Client(base_url=server.url, timeout=5) as prober:
+                    probed = time.monotonic()
+                    assert prober.get("/livez").status_code == 200
+                    assert time.monotonic() - probed < 1
+                response = listed.result()
+                elapsed = time.monotonic() - started
+        finally:
+            pooler.process.send_signal(signal.SIGCONT)
+        # libpq's connect_timeout (at least 2 s) bounds the cancel.
+        assert response.status_code == 503, response.text
+        assert elapsed < BOUND + max(CONNECT_TIMEOUT, 2) + SLACK, elapsed
+        # The pooler is back: the abandoned connection was replaced.
+        assert client.get("/api/alice/tasks", headers=ALICE).status_code == 200
