@@ -164,3 +164,50 @@ def test_a_pooler_that_stopped_answering_neither_freezes_the_worker_nor_the_requ
         assert elapsed < BOUND + max(CONNECT_TIMEOUT, 2) + SLACK, elapsed
         # The pooler is back: the abandoned connection was replaced.
         assert client.get("/api/alice/tasks", headers=ALICE).status_code == 200
+
+
+def test_statements_abandoned_together_each_wait_for_one_cancel_only(
+    postgres: PostgresServer, database: str, tmp_path: Path
+) -> None:
+    """Two statements overdue at once behind a stopped pooler: each cancel may take up to
+    connect_timeout, and they run side by side (one after the other, the second request
+    waited for both, and with a full pool for all of them)."""
+    require_pgbouncer()
+    bound, connect_timeout = 2.0, 4
+    with (
+        running_pgbouncer(postgres) as pooler,
+        gunicorn(
+            pooler.url_for(database),
+            tmp_path,
+            WEB_CONCURRENCY="1",
+            MIGRATE_ON_START="false",
+            DB_POOL_SIZE="2",
+            DB_CLIENT_TIMEOUT_SECONDS=str(bound),
+            DB_CONNECT_TIMEOUT=str(connect_timeout),
+        ) as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+        ThreadPoolExecutor(max_workers=2) as pool,
+    ):
+        task = client.post("/api/alice/tasks", json={"title": "t"}, headers=ALICE).json()
+        # Two pooled connections: a write waits on a locked row while a read opens another.
+        with holding(database, "SELECT 1 FROM tasks WHERE id = :id FOR UPDATE", id=task["id"]):
+            put = pool.submit(
+                client.put, f"/api/alice/tasks/{task['id']}", json={"title": "u"}, headers=ALICE
+            )
+            time.sleep(0.3)
+            assert client.get("/api/alice/tasks", headers=ALICE).status_code == 200
+        assert put.result().status_code == 200
+
+        def timed_get() -> tuple[int, float]:
+            started = time.monotonic()
+            response = client.get("/api/alice/tasks", headers=ALICE)
+            return response.status_code, time.monotonic() - started
+
+        pooler.process.send_signal(signal.SIGSTOP)
+        try:
+            results = [f.result() for f in [pool.submit(timed_get) for _ in range(2)]]
+        finally:
+            pooler.process.send_signal(signal.SIGCONT)
+        for status, elapsed in results:
+            assert status == 503
+            assert elapsed < bound + connect_timeout + SLACK, results

@@ -80,18 +80,27 @@ class Watchdog:
                 self._abandoning.update(due)
                 deadlines = [deadline for key, (deadline, _, _) in running if key not in due]
                 upcoming = min(deadlines, default=None)
-            for _, connection, fd in overdue:
-                _abandon(connection, fd)
+            for key, (_, connection, fd) in zip(due, overdue, strict=True):
+                # A thread each: a cancel may wait up to connect_timeout on a silent pooler, and
+                # neither the other overdue statements nor the next deadlines wait behind it.
+                threading.Thread(
+                    target=self._abandon, args=(key, connection, fd), name="db-cancel", daemon=True
+                ).start()
             if due:
-                with self._lock:
-                    self._abandoning.difference_update(due)
-                    self._lock.notify_all()
                 continue
             # Every deadline is `seconds` after its statement starts, so a statement that starts
             # while this sleeps is due after it wakes: nothing on the request path signals the
             # thread, and an idle process wakes once every `seconds`.
             wake = upcoming if upcoming is not None else now + self.seconds
             self._stop.wait(max(wake - time.monotonic(), 0))
+
+    def _abandon(self, key: int, connection: Any, fd: int) -> None:
+        try:
+            _abandon(connection, fd)
+        finally:
+            with self._lock:
+                self._abandoning.discard(key)
+                self._lock.notify_all()
 
 
 def _abandon(connection: Any, fd: int) -> None:
