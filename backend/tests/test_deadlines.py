@@ -2,6 +2,7 @@
 in a pooler whose server connections are all busy, are answered 503 in time, and not applied."""
 
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -211,3 +212,24 @@ def test_statements_abandoned_together_each_wait_for_one_cancel_only(
         for status, elapsed in results:
             assert status == 503
             assert elapsed < bound + connect_timeout + SLACK, results
+
+
+def test_readiness_probes_against_a_saturated_pooler_leave_no_threads_behind(
+    postgres: PostgresServer, database: str
+) -> None:
+    """Each probe gives up after READINESS_TIMEOUT_SECONDS; its statement must end too, not wait
+    in the pooler's queue on a thread (and a pooler connection) of its own, one more a probe."""
+    require_pgbouncer()
+    probes = 12
+    with running_pgbouncer(postgres, pool_size=1) as pooler:
+        pooled = pooler.url_for(database)
+        settings = settings_for(pooled, migrate_on_start=False, readiness_timeout_seconds=0.5)
+        with running_app(settings) as client:
+            assert client.get("/readyz").status_code == 200
+            with holding(pooled, "SELECT 1"):
+                before = threading.active_count()
+                for _ in range(probes):
+                    assert client.get("/readyz").status_code == 503
+                grown = threading.active_count() - before
+            assert grown <= 3, f"{grown} threads more after {probes} probes"
+            assert client.get("/readyz").status_code == 200
