@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from tests.pooler import PgBouncer, require_pgbouncer, running_pgbouncer
 from tests.support import PostgresServer, auth, running_app, settings_for
 from tests.test_server_process import gunicorn
-from todo_api.db import normalise_url
+from todo_api.db import create_db_engine, normalise_url
 from todo_api.migrate import migrate
 
 BOUND = 1.0
@@ -233,3 +233,20 @@ def test_readiness_probes_against_a_saturated_pooler_leave_no_threads_behind(
                 grown = threading.active_count() - before
             assert grown <= 3, f"{grown} threads more after {probes} probes"
             assert client.get("/readyz").status_code == 200
+
+
+def test_a_statement_the_driver_refuses_is_no_longer_watched(database: str) -> None:
+    """psycopg2 refuses some parameters before sending anything (a lone surrogate cannot be
+    encoded) with an error that is not a database error. The connection is fine and goes back to
+    the pool; the watchdog must not later cancel and cut it under its next user's statement."""
+    engine = create_db_engine(settings_for(database, db_client_timeout_seconds=0.5))
+    try:
+        with engine.connect() as conn:
+            driver = conn.connection.dbapi_connection
+            assert driver is not None
+            with pytest.raises(UnicodeEncodeError), driver.cursor() as cursor:
+                cursor.execute("SELECT %(text)s", {"text": "\ud800"})
+            time.sleep(1.0)  # past the deadline of the refused statement
+            assert conn.execute(sa.text("SELECT 1")).scalar() == 1
+    finally:
+        engine.dispose()

@@ -175,6 +175,12 @@ class DeadlineCursor(psycopg2.extensions.cursor):  # type: ignore[misc]
             if watchdog.finish(key):
                 raise self._timed_out(watchdog) from error
             raise
+        except BaseException:
+            # Refused by the driver before it sent anything (a parameter it cannot encode): the
+            # connection is fine and goes back to the pool, so it must not stay watched.
+            if watchdog.finish(key):
+                self.connection.close()
+            raise
         if watchdog.finish(key):
             # It completed just as the deadline passed, but its socket is shut down by now.
             raise self._timed_out(watchdog)
