@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from tests.pooler import PgBouncer, require_pgbouncer, running_pgbouncer
 from tests.support import PostgresServer, auth, running_app, settings_for
-from tests.test_server_process import gunicorn
+from tests.test_server_process import Server, gunicorn
 from todo_api.db import create_db_engine, normalise_url
 from todo_api.migrate import migrate
 
@@ -122,6 +122,27 @@ def test_a_request_queued_in_a_saturated_pooler_is_503_in_time(
             assert "q" not in titles
 
 
+@contextmanager
+def serving_through_a_pooler(
+    postgres: PostgresServer, database: str, tmp_path: Path, *, deadline: float, **env: str
+) -> Iterator[tuple[PgBouncer, Server, httpx.Client]]:
+    """`todo-api serve` (one worker) with a client deadline, through a PgBouncer of its own."""
+    require_pgbouncer()
+    with (
+        running_pgbouncer(postgres) as pooler,
+        gunicorn(
+            pooler.url_for(database),
+            tmp_path,
+            WEB_CONCURRENCY="1",
+            MIGRATE_ON_START="false",
+            DB_CLIENT_TIMEOUT_SECONDS=str(deadline),
+            **env,
+        ) as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
+        yield pooler, server, client
+
+
 def test_a_pooler_that_stopped_answering_neither_freezes_the_worker_nor_the_request(
     postgres: PostgresServer, database: str, tmp_path: Path
 ) -> None:
@@ -132,19 +153,9 @@ def test_a_pooler_that_stopped_answering_neither_freezes_the_worker_nor_the_requ
     that wait was unbounded and held the interpreter lock (psycopg2's cancel()): the whole
     worker froze, /livez included, until the pooler came back.
     """
-    require_pgbouncer()
-    with (
-        running_pgbouncer(postgres) as pooler,
-        gunicorn(
-            pooler.url_for(database),
-            tmp_path,
-            WEB_CONCURRENCY="1",
-            MIGRATE_ON_START="false",
-            DB_CLIENT_TIMEOUT_SECONDS=str(BOUND),
-            DB_CONNECT_TIMEOUT=str(CONNECT_TIMEOUT),
-        ) as server,
-        httpx.Client(base_url=server.url, timeout=15) as client,
-    ):
+    with serving_through_a_pooler(
+        postgres, database, tmp_path, deadline=BOUND, DB_CONNECT_TIMEOUT=str(CONNECT_TIMEOUT)
+    ) as (pooler, server, client):
         assert client.get("/api/alice/tasks", headers=ALICE).status_code == 200
         pooler.process.send_signal(signal.SIGSTOP)
         try:
@@ -173,20 +184,16 @@ def test_statements_abandoned_together_each_wait_for_one_cancel_only(
     """Two statements overdue at once behind a stopped pooler: each cancel may take up to
     connect_timeout, and they run side by side (one after the other, the second request
     waited for both, and with a full pool for all of them)."""
-    require_pgbouncer()
     bound, connect_timeout = 2.0, 4
     with (
-        running_pgbouncer(postgres) as pooler,
-        gunicorn(
-            pooler.url_for(database),
+        serving_through_a_pooler(
+            postgres,
+            database,
             tmp_path,
-            WEB_CONCURRENCY="1",
-            MIGRATE_ON_START="false",
+            deadline=bound,
             DB_POOL_SIZE="2",
-            DB_CLIENT_TIMEOUT_SECONDS=str(bound),
             DB_CONNECT_TIMEOUT=str(connect_timeout),
-        ) as server,
-        httpx.Client(base_url=server.url, timeout=30) as client,
+        ) as (pooler, _, client),
         ThreadPoolExecutor(max_workers=2) as pool,
     ):
         task = client.post("/api/alice/tasks", json={"title": "t"}, headers=ALICE).json()
