@@ -99,6 +99,10 @@ class TestStartupFailures:
                 ("BETTER_AUTH_SECRET", "short"),
                 ("BETTER_AUTH_URL", "app.example.com"),
                 ("PORT", "99999"),
+                # PostgreSQL's timeouts are milliseconds in 32 bits; inf is no bound at all.
+                ("DB_STATEMENT_TIMEOUT_SECONDS", "2147484"),
+                ("DB_CLIENT_TIMEOUT_SECONDS", "inf"),
+                ("MIGRATION_STATEMENT_TIMEOUT_SECONDS", "inf"),
             ]
             if not (variable == "PORT" and args[0] == "migrate")  # migrate opens no port
         ],

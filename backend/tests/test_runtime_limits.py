@@ -199,6 +199,18 @@ class TestHeadTimeout:
         assert status_of(answer) == 408
         assert json.loads(answer.partition(b"\r\n\r\n")[2]) == {"detail": "Request head timed out"}
 
+    def test_a_partial_head_behind_a_request_in_the_same_packet_times_out(
+        self, server: Server
+    ) -> None:
+        # Not the keep-alive timer (KEEPALIVE, 75 s by default), which closes without a word.
+        with connect(server) as sock:
+            sock.sendall(b"GET /livez HTTP/1.1\r\nHost: test\r\n\r\nGET /livez HTTP/1.1\r\n")
+            answer, closed = read_until_closed(sock, HEAD_TIMEOUT + KEEPALIVE + 3)
+        assert answer.startswith(b"HTTP/1.1 200 OK"), answer[:200]
+        assert closed
+        second = answer.partition(b'{"status":"ok"}')[2]
+        assert second and status_of(second) == 408, second
+
     def test_trickling_bytes_does_not_extend_the_deadline(self, server: Server) -> None:
         with connect(server) as sock:
             sock.sendall(b"GET /livez HTTP/1.1\r\n")

@@ -9,6 +9,9 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_SQLITE_URL = "sqlite:///./todo.db"
+# PostgreSQL keeps its timeouts as 32-bit milliseconds: a longer one is refused on every statement
+# (and inf cannot be sent at all), so it is refused here, at start-up.
+MAX_TIMEOUT_SECONDS = 2_147_483
 
 
 class ConfigError(ValueError):
@@ -30,11 +33,11 @@ class Settings(BaseSettings):
     db_pool_pre_ping: bool = True
     db_ping_after_idle_seconds: float = Field(default=5.0, ge=0)
     db_connect_timeout: int = Field(default=5, ge=1, le=120)
-    db_statement_timeout_seconds: float = Field(default=5.0, ge=0)
-    db_client_timeout_seconds: float = Field(default=6.0, ge=0)
+    db_statement_timeout_seconds: float = Field(default=5.0, ge=0, le=MAX_TIMEOUT_SECONDS)
+    db_client_timeout_seconds: float = Field(default=6.0, ge=0, le=MAX_TIMEOUT_SECONDS)
     migrate_on_start: bool = True
-    migration_lock_timeout_seconds: float = Field(default=60.0, gt=0)
-    migration_statement_timeout_seconds: float = Field(default=300.0, gt=0)
+    migration_lock_timeout_seconds: float = Field(default=60.0, gt=0, le=MAX_TIMEOUT_SECONDS)
+    migration_statement_timeout_seconds: float = Field(default=300.0, gt=0, le=MAX_TIMEOUT_SECONDS)
 
     # Authentication
     better_auth_secret: str | None = None

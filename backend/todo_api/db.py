@@ -27,9 +27,16 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def create_db_engine(settings: Settings, *, url: str | None = None, pooled: bool = True) -> Engine:
+def create_db_engine(
+    settings: Settings,
+    *,
+    url: str | None = None,
+    pooled: bool = True,
+    probe_timeout: float | None = None,
+) -> Engine:
     """The request engine: pooled, and in autocommit mode (`pooled=False`: one connection per
     use, for migrations and the readiness probe; on PostgreSQL with ordinary transactions).
+    `probe_timeout`: the readiness probe's bound on each statement, server- and client-side.
 
     Every request runs a single SQL statement (one statement is atomic on its own), so autocommit
     saves the BEGIN and COMMIT round trips; what is acknowledged has been committed.
@@ -59,6 +66,10 @@ def create_db_engine(settings: Settings, *, url: str | None = None, pooled: bool
         "application_name": "todo-api",
     }
     if not pooled:
+        if probe_timeout:
+            # The probe gives up waiting after this long; its statement must end too, or each
+            # probe against a saturated pooler leaves a thread and a connection queued there.
+            connect_args["cursor_factory"] = deadline_cursor(probe_timeout, probe_timeout)
         return create_engine(target, connect_args=connect_args, **pool_args)
     cursor_class = deadline_cursor(
         settings.db_statement_timeout_seconds, settings.db_client_timeout_seconds

@@ -5,16 +5,17 @@ The server's: `statement_timeout`, sent as `SET LOCAL` in the same query string 
 covers exactly this statement). A session-level SET would leak to other clients through a
 transaction-mode pooler, and Neon's pooler ignores the startup `options` parameter.
 
-The client's: `statement_timeout` cannot see the time a statement spends queued in a pooler
-(Neon's queues a client for up to 120 s) or waiting on an unreachable server. A watchdog thread
-cancels an overdue statement through the driver, then shuts its connection's socket down, which
-unblocks the waiting thread at once (PgBouncer drops a cancel request for a client that is still
-in its queue). The statement then fails with `StatementTimeout`, and its connection is closed,
-so the pool replaces it and a late cancel can never hit a later statement. psycopg2 has no
+The client's: `statement_timeout` cannot see the time a statement spends queued in a pooler (Neon's
+queues a client for up to 120 s) or waiting on an unreachable server. A watchdog thread cancels an
+overdue statement through libpq (bounded by connect_timeout), then shuts its connection's socket
+down, which unblocks the waiting thread at once (PgBouncer drops a cancel request for a client that
+is still in its queue). The statement then fails with `StatementTimeout`, and its connection is
+closed, so the pool replaces it and a late cancel can never hit a later statement. psycopg2 has no
 client-side timeout of its own, hence this small hand-written one.
 """
 
 import contextlib
+import ctypes
 import os
 import socket
 import threading
@@ -24,6 +25,7 @@ from typing import Any, ClassVar
 
 # psycopg2 ships no type hints (and types-psycopg2 is not a dependency): its names are Any here.
 import psycopg2  # type: ignore[import-untyped]
+import psycopg2._psycopg  # type: ignore[import-untyped]
 import psycopg2.extensions  # type: ignore[import-untyped]
 from psycopg2.errors import QueryCanceled  # type: ignore[import-untyped]
 
@@ -78,12 +80,13 @@ class Watchdog:
                 self._abandoning.update(due)
                 deadlines = [deadline for key, (deadline, _, _) in running if key not in due]
                 upcoming = min(deadlines, default=None)
-            for _, connection, fd in overdue:
-                _abandon(connection, fd)
+            for key, (_, connection, fd) in zip(due, overdue, strict=True):
+                # A thread each: a cancel may wait up to connect_timeout on a silent pooler, and
+                # neither the other overdue statements nor the next deadlines wait behind it.
+                threading.Thread(
+                    target=self._abandon, args=(key, connection, fd), name="db-cancel", daemon=True
+                ).start()
             if due:
-                with self._lock:
-                    self._abandoning.difference_update(due)
-                    self._lock.notify_all()
                 continue
             # Every deadline is `seconds` after its statement starts, so a statement that starts
             # while this sleeps is due after it wakes: nothing on the request path signals the
@@ -91,17 +94,64 @@ class Watchdog:
             wake = upcoming if upcoming is not None else now + self.seconds
             self._stop.wait(max(wake - time.monotonic(), 0))
 
+    def _abandon(self, key: int, connection: Any, fd: int) -> None:
+        try:
+            _abandon(connection, fd)
+        finally:
+            with self._lock:
+                self._abandoning.discard(key)
+                self._lock.notify_all()
+
 
 def _abandon(connection: Any, fd: int) -> None:
     # The cancel stops a statement that runs (or waits on a lock) on the server, so that it is
     # not applied later; the shutdown frees a client still queued in a pooler, which drops it.
-    with contextlib.suppress(psycopg2.Error):
-        connection.cancel()
+    # The cancel goes first: a pooler drops a cancel for a client that has already gone.
+    _cancel(connection)
     try:
         with socket.socket(fileno=os.dup(fd)) as sock:
             sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
+
+
+def _libpq_cancel() -> Any:
+    """libpq's cancel functions, from the library psycopg2 itself is linked with.
+
+    psycopg2's `connection.cancel()` holds the interpreter lock through the whole cancel
+    request, with no time bound: a pooler or server that stops answering froze every thread of
+    the worker. libpq 17's PQcancelBlocking honours the connection's connect_timeout, and a
+    ctypes call releases the interpreter lock; psycopg2 offers neither, hence these few lines.
+    """
+    library = ctypes.CDLL(psycopg2._psycopg.__file__)  # dlsym also searches its libpq
+    if not hasattr(library, "PQcancelCreate"):
+        return None
+    library.PQcancelCreate.argtypes = [ctypes.c_void_p]
+    library.PQcancelCreate.restype = ctypes.c_void_p
+    library.PQcancelBlocking.argtypes = [ctypes.c_void_p]
+    library.PQcancelBlocking.restype = ctypes.c_int
+    library.PQcancelFinish.argtypes = [ctypes.c_void_p]
+    library.PQcancelFinish.restype = None
+    return library
+
+
+_LIBPQ = _libpq_cancel()
+
+
+def _cancel(connection: Any) -> None:
+    if _LIBPQ is None:  # libpq before 17: psycopg2's own, unbounded
+        with contextlib.suppress(psycopg2.Error):
+            connection.cancel()
+        return
+    pgconn = connection.pgconn_ptr  # None once closed
+    if pgconn is None:
+        return
+    cancel = _LIBPQ.PQcancelCreate(pgconn)
+    if cancel:
+        try:
+            _LIBPQ.PQcancelBlocking(cancel)  # a failure is the pooler's or server's silence
+        finally:
+            _LIBPQ.PQcancelFinish(cancel)
 
 
 class DeadlineCursor(psycopg2.extensions.cursor):  # type: ignore[misc]
@@ -124,6 +174,12 @@ class DeadlineCursor(psycopg2.extensions.cursor):  # type: ignore[misc]
         except psycopg2.Error as error:
             if watchdog.finish(key):
                 raise self._timed_out(watchdog) from error
+            raise
+        except BaseException:
+            # Refused by the driver before it sent anything (a parameter it cannot encode): the
+            # connection is fine and goes back to the pool, so it must not stay watched.
+            if watchdog.finish(key):
+                self.connection.close()
             raise
         if watchdog.finish(key):
             # It completed just as the deadline passed, but its socket is shut down by now.

@@ -34,7 +34,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.watch_pool(engine)
         # Readiness opens its own connection: a busy request pool must not look like a database
         # outage (every pod would leave the load balancer at once under load).
-        app.state.probe_engine = create_db_engine(settings, pooled=False)
+        app.state.probe_engine = create_db_engine(
+            settings, pooled=False, probe_timeout=settings.readiness_timeout_seconds
+        )
         # Each request takes one thread and one connection at a time, so as many threads as
         # connections: no request holds a thread while it waits for a connection.
         limiter = anyio.to_thread.current_default_thread_limiter()

@@ -61,6 +61,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # the limit plus one read (256 KiB), however it is cut.
         self._head_bytes: int | None = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        # A head has begun and is not complete. Not the same as `_head_bytes`: a head that
+        # begins in the read that completed the request before it counts from the next read.
+        self._in_head = False
         self._refused = False
         self._stopping = False
 
@@ -88,7 +91,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         elif len(data) < self.max_head_bytes - head_bytes:
             self._head_bytes = head_bytes + len(data)
             super().data_received(data)
-            if self._head_bytes and self._head_timer is None:
+            if self._in_head and self._head_timer is None:
                 # The head is still incomplete: it has head_timeout from its first byte.
                 self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
         else:
@@ -114,8 +117,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 return
             data = data[room:]
 
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+
     def on_headers_complete(self) -> None:
         self._head_bytes = None
+        self._in_head = False
         self._cancel_head_timer()
         super().on_headers_complete()
         if self._stopping:
