@@ -73,8 +73,9 @@ class Watchdog:
         while not self._stop.is_set():
             with self._lock:
                 now = time.monotonic()
-                # A snapshot (list() copies in one step): start() inserts without the lock.
-                running = list(self._running.items())
+                # A snapshot (dict.copy() is one C-level step, which no other thread's insert can
+                # interleave with): start() inserts without the lock.
+                running = list(self._running.copy().items())
                 due = [key for key, (deadline, _, _) in running if deadline <= now]
                 overdue = [self._running.pop(key) for key in due]
                 self._abandoning.update(due)
