@@ -4,18 +4,22 @@ Handlers are plain `def`: FastAPI runs each in the threadpool once, and all of a
 database work happens inside that one call.
 """
 
+from collections.abc import Callable
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Body, HTTPException, Path, Query, Request, Response, status
+from fastapi import APIRouter, Body, Header, HTTPException, Path, Query, Request, Response, status
 from pydantic import BeforeValidator
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from todo_api.auth import CurrentUser
 from todo_api.db import owner_connection
 from todo_api.http import JSONBytesResponse, error_responses
 from todo_api.tasks import service
+from todo_api.tasks.etag import CONDITION_PATTERN, etag, if_match, none_match
+from todo_api.tasks.idempotency import REPLAYED, IdempotencyKeys, fingerprint
 from todo_api.tasks.models import (
+    IDEMPOTENCY_KEY_MAX,
     CompletionSet,
     SortOrder,
     TaskCreate,
@@ -57,6 +61,38 @@ def _tasks_url(request: Request, owner_id: str) -> str:
     return f"{request.scope.get('root_path', '')}/api/{quote(owner_id, safe='')}/tasks"
 
 
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        # Visible ASCII; HTTP itself drops the whitespace around a header value.
+        pattern=rf"^[ \t]*[!-~]{{1,{IDEMPOTENCY_KEY_MAX}}}[ \t]*$",
+        description=(
+            "Any string of 1-255 visible ASCII characters (a UUID, say), new for each change. "
+            "A retry with the same key and the same request gets the first answer again "
+            f"(with `{REPLAYED}: true`) without the change being made twice; see specs/api.md."
+        ),
+    ),
+]
+IfMatch = Annotated[
+    str | None,
+    Header(
+        alias="If-Match",
+        pattern=CONDITION_PATTERN,
+        description="Write only if the task's ETag is one of these (`*`: any); else 412.",
+    ),
+]
+IfNoneMatch = Annotated[
+    str | None,
+    Header(
+        alias="If-None-Match",
+        pattern=CONDITION_PATTERN,
+        description="304 with no body if the task's ETag is one of these (`*`: any).",
+    ),
+]
+ETAG_HEADER = {"ETag": {"description": "The task's strong ETag", "schema": {"type": "string"}}}
+
+
 def _not_found() -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, "Task not found")
 
@@ -64,7 +100,49 @@ def _not_found() -> HTTPException:
 def _task(row: dict[str, Any] | None, status_code: int = 200, **headers: str) -> Response:
     if row is None:
         raise _not_found()
-    return JSONBytesResponse(row, status_code=status_code, headers=headers or None)
+    # The version makes the ETag and stays out of the body.
+    headers["ETag"] = etag(row["created_at"], row.pop("version"))
+    return JSONBytesResponse(row, status_code=status_code, headers=headers)
+
+
+def _write(
+    request: Request,
+    user: CurrentUser,
+    key: str | None,
+    body: object,
+    work: Callable[[Connection], Response],
+) -> Response:
+    """`work` on the user's connection: once per Idempotency-Key, 412 when If-Match fails."""
+
+    def conditional(conn: Connection) -> Response:
+        try:
+            return work(conn)
+        except service.PreconditionFailed as failed:
+            current = failed.current
+            raise HTTPException(
+                status.HTTP_412_PRECONDITION_FAILED,
+                "The task has changed since the ETag in If-Match",
+                headers={"ETag": etag(current["created_at"], current["version"])},
+            ) from None
+
+    with owner_connection(_engine(request), user.sub) as conn:
+        if key is None:
+            return conditional(conn)
+        keys: IdempotencyKeys = request.app.state.idempotency_keys
+        request_fingerprint = fingerprint(
+            request.method, request.url.path, request.headers.get("if-match"), body
+        )
+        return keys.run(
+            conn,
+            owner_id=user.sub,
+            key=key.strip(),
+            fingerprint=request_fingerprint,
+            work=conditional,
+        )
+
+
+def _responses(*codes: int, etag_on: int = 200) -> dict[int | str, dict[str, Any]]:
+    return {etag_on: {"headers": ETAG_HEADER}, **error_responses(*codes)}
 
 
 @router.get(
@@ -106,65 +184,109 @@ def list_tasks(
     "",
     response_model=TaskPublic,
     status_code=status.HTTP_201_CREATED,
-    responses=error_responses(401, 403, 413, 422, 503),
+    responses=_responses(401, 403, 409, 413, 422, 503, etag_on=201),
     summary="Create a task",
 )
-def create_task(request: Request, user: CurrentUser, task: TaskCreate) -> Response:
+def create_task(
+    request: Request,
+    user: CurrentUser,
+    task: TaskCreate,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
     """Create a task owned by the signed-in user; `Location` names the new task."""
-    with owner_connection(_engine(request), user.sub) as conn:
+
+    def create(conn: Connection) -> Response:
         row = service.create_task(conn, owner=user, data=task)
-    location = f"{_tasks_url(request, user.sub)}/{row['id']}"
-    return _task(row, status.HTTP_201_CREATED, Location=location)
+        location = f"{_tasks_url(request, user.sub)}/{row['id']}"
+        return _task(row, status.HTTP_201_CREATED, Location=location)
+
+    return _write(request, user, idempotency_key, task.model_dump(mode="json"), create)
 
 
 @router.get(
     "/{task_id}",
     response_model=TaskPublic,
-    responses=error_responses(401, 403, 404, 422, 503),
+    responses={
+        **_responses(401, 403, 404, 422, 503),
+        304: {"description": "If-None-Match named the current ETag", "headers": ETAG_HEADER},
+    },
     summary="Get a task",
 )
-def get_task(request: Request, user: CurrentUser, task_id: TaskId) -> Response:
+def get_task(
+    request: Request, user: CurrentUser, task_id: TaskId, if_none_match: IfNoneMatch = None
+) -> Response:
     """One of the user's tasks."""
     with owner_connection(_engine(request), user.sub) as conn:
-        return _task(service.get_task(conn, owner_id=user.sub, task_id=task_id))
+        row = service.get_task(conn, owner_id=user.sub, task_id=task_id)
+    if row is not None and if_none_match is not None:
+        current = etag(row["created_at"], row["version"])
+        if none_match(if_none_match, current):
+            return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": current})
+    return _task(row)
 
 
 @router.put(
     "/{task_id}",
     response_model=TaskPublic,
-    responses=error_responses(401, 403, 404, 413, 422, 503),
+    responses=_responses(401, 403, 404, 409, 412, 413, 422, 503),
     summary="Update a task",
 )
 def update_task(
-    request: Request, user: CurrentUser, task_id: TaskId, changes: TaskUpdate
+    request: Request,
+    user: CurrentUser,
+    task_id: TaskId,
+    changes: TaskUpdate,
+    if_match_header: IfMatch = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Change any subset of title, description and completed; `description: null` clears it."""
-    with owner_connection(_engine(request), user.sub) as conn:
-        row = service.update_task(
-            conn, owner_id=user.sub, task_id=task_id, changes=changes.model_dump(exclude_unset=True)
+    fields = changes.model_dump(exclude_unset=True)
+
+    def update(conn: Connection) -> Response:
+        return _task(
+            service.update_task(
+                conn,
+                owner_id=user.sub,
+                task_id=task_id,
+                changes=fields,
+                expected=if_match(if_match_header),
+            )
         )
-    return _task(row)
+
+    return _write(
+        request, user, idempotency_key, changes.model_dump(mode="json", exclude_unset=True), update
+    )
 
 
 @router.delete(
     "/{task_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=error_responses(401, 403, 404, 422, 503),
+    responses=error_responses(401, 403, 404, 409, 412, 422, 503),
     summary="Delete a task",
 )
-def delete_task(request: Request, user: CurrentUser, task_id: TaskId) -> Response:
+def delete_task(
+    request: Request,
+    user: CurrentUser,
+    task_id: TaskId,
+    if_match_header: IfMatch = None,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
     """Delete one of the user's tasks."""
-    with owner_connection(_engine(request), user.sub) as conn:
-        if not service.delete_task(conn, owner_id=user.sub, task_id=task_id):
+
+    def delete(conn: Connection) -> Response:
+        expected = if_match(if_match_header)
+        if not service.delete_task(conn, owner_id=user.sub, task_id=task_id, expected=expected):
             raise _not_found()
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    return _write(request, user, idempotency_key, None, delete)
 
 
 @router.patch(
     "/{task_id}/complete",
     response_model=TaskPublic,
-    responses=error_responses(401, 403, 404, 413, 422, 503),
+    responses=_responses(401, 403, 404, 409, 412, 413, 422, 503),
     summary="Toggle or set completion",
 )
 def complete_task(
@@ -172,10 +294,21 @@ def complete_task(
     user: CurrentUser,
     task_id: TaskId,
     body: Annotated[CompletionSet | None, Body()] = None,
+    if_match_header: IfMatch = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Flip `completed`; with a body `{"completed": true|false}` set it instead."""
-    with owner_connection(_engine(request), user.sub) as conn:
-        row = service.set_completed(
-            conn, owner_id=user.sub, task_id=task_id, completed=body.completed if body else None
+    completed = body.completed if body else None
+
+    def complete(conn: Connection) -> Response:
+        return _task(
+            service.set_completed(
+                conn,
+                owner_id=user.sub,
+                task_id=task_id,
+                completed=completed,
+                expected=if_match(if_match_header),
+            )
         )
-    return _task(row)
+
+    return _write(request, user, idempotency_key, completed, complete)
