@@ -17,10 +17,10 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 # RFC 9110 section 8.8.3: entity-tag = [ "W/" ] DQUOTE *etagc DQUOTE, in a comma-separated list
-# (the visible-ASCII subset of etagc: a header value is ASCII here). The same expressions are
-# the OpenAPI patterns of the headers, so the schema states exactly what is accepted.
-_TAG = r'(?:W/)?"[!#-~]*"'
-CONDITION_PATTERN = rf"^[ \t]*(?:\*|{_TAG}(?:[ \t]*,[ \t]*{_TAG})*)[ \t]*$"
+# (the visible-ASCII subset of etagc: a header value is ASCII here). Read leniently: whatever is
+# not an entity-tag in a condition simply names no version (If-Match then fails with 412,
+# If-None-Match lets the full answer through); an empty value counts as no header, as RFC 9110
+# section 5.6.1 asks of empty lists.
 _TAGS = re.compile(r'(W/)?"([!#-~]*)"')
 _OURS = re.compile(r"([0-9a-f]{1,16})-([0-9]{1,10})")
 
@@ -43,7 +43,7 @@ def if_match(value: str | None) -> tuple[Version, ...] | None:
     Strong comparison: weak tags never match, nor do tags this server did not make, so a list of
     only those is empty and can match no task.
     """
-    if value is None or value.strip() == "*":
+    if value is None or value.strip() in ("", "*"):
         return None
     return tuple(
         version

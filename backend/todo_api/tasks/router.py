@@ -10,13 +10,14 @@ from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Body, Header, HTTPException, Path, Query, Request, Response, status
 from pydantic import BeforeValidator
+from pydantic.json_schema import SkipJsonSchema
 from sqlalchemy import Connection, Engine
 
 from todo_api.auth import CurrentUser
 from todo_api.db import owner_connection
 from todo_api.http import JSONBytesResponse, error_responses
 from todo_api.tasks import service
-from todo_api.tasks.etag import CONDITION_PATTERN, etag, if_match, none_match
+from todo_api.tasks.etag import etag, if_match, none_match
 from todo_api.tasks.idempotency import REPLAYED, IdempotencyKeys, fingerprint
 from todo_api.tasks.models import (
     IDEMPOTENCY_KEY_MAX,
@@ -62,7 +63,7 @@ def _tasks_url(request: Request, owner_id: str) -> str:
 
 
 IdempotencyKey = Annotated[
-    str | None,
+    str | SkipJsonSchema[None],
     Header(
         alias="Idempotency-Key",
         # Visible ASCII; HTTP itself drops the whitespace around a header value.
@@ -75,19 +76,20 @@ IdempotencyKey = Annotated[
     ),
 ]
 IfMatch = Annotated[
-    str | None,
+    str | SkipJsonSchema[None],
     Header(
         alias="If-Match",
-        pattern=CONDITION_PATTERN,
-        description="Write only if the task's ETag is one of these (`*`: any); else 412.",
+        description=(
+            "Write only if the task's current ETag is in this list of entity-tags (`*`: any "
+            "version); otherwise 412 with the current ETag, and nothing is changed."
+        ),
     ),
 ]
 IfNoneMatch = Annotated[
-    str | None,
+    str | SkipJsonSchema[None],
     Header(
         alias="If-None-Match",
-        pattern=CONDITION_PATTERN,
-        description="304 with no body if the task's ETag is one of these (`*`: any).",
+        description="304 with no body if the task's ETag is in this list (`*`: any version).",
     ),
 ]
 ETAG_HEADER = {"ETag": {"description": "The task's strong ETag", "schema": {"type": "string"}}}
