@@ -12,6 +12,8 @@ import sqlalchemy as sa
 
 from tests.retry_support import keys_of, new_key, tasks_of, writes_held
 from tests.support import as_app_role, auth, random_user, running_app, settings_for
+from todo_api.db import create_db_engine, owner_connection
+from todo_api.migrate import migrate
 from todo_api.tasks.idempotency import fingerprint
 
 REPLAYED = "idempotent-replayed"
@@ -293,3 +295,50 @@ class TestUnfinished:
         assert first.status_code == 201 and REPLAYED not in first.headers
         assert again.headers[REPLAYED] == "true"
         assert [t["title"] for t in tasks_of(engine, owner)] == ["first", "after the crash"]
+
+
+class TestRowLevelSecurity:
+    """PostgreSQL's own rule on idempotency_keys, as the app's role (no superuser, no BYPASSRLS)."""
+
+    @pytest.fixture
+    def app_engine(self, postgres):
+        url = postgres.create_database()
+        settings = settings_for(as_app_role(url))
+        migrate(settings)
+        engine = create_db_engine(settings)
+        yield engine
+        engine.dispose()
+        postgres.drop_database(url)
+
+    def keys_seen(self, engine: sa.Engine, owner: str) -> list[str]:
+        with owner_connection(engine, owner) as conn:
+            return list(conn.execute(sa.text("SELECT key FROM idempotency_keys")).scalars())
+
+    def write(self, engine: sa.Engine, owner: str, user_id: str, key: str, expired: bool) -> None:
+        now = datetime.now(UTC)
+        expires_at = now + timedelta(seconds=-10 if expired else 60)
+        with owner_connection(engine, owner) as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO idempotency_keys (user_id, key, fingerprint, claim, "
+                    "created_at, expires_at) VALUES (:u, :k, 'f', 'c', :c, :e)"
+                ),
+                {"u": user_id, "k": key, "c": now, "e": expires_at},
+            )
+
+    def test_live_keys_are_their_owners_and_expired_ones_anyones_to_purge(self, app_engine):
+        self.write(app_engine, "alice", "alice", "live", expired=False)
+        self.write(app_engine, "alice", "alice", "old", expired=True)
+        assert self.keys_seen(app_engine, "alice") == ["live", "old"]
+        assert self.keys_seen(app_engine, "bob") == ["old"]
+        with owner_connection(app_engine, "bob") as conn:
+            purged = conn.execute(sa.text("DELETE FROM idempotency_keys WHERE expires_at < now()"))
+            assert purged.rowcount == 1
+            mine = conn.execute(sa.text("DELETE FROM idempotency_keys WHERE key = 'live'"))
+            assert mine.rowcount == 0
+        assert self.keys_seen(app_engine, "alice") == ["live"]
+
+    def test_no_key_can_be_written_in_another_users_name(self, app_engine):
+        with pytest.raises(sa.exc.ProgrammingError, match="row-level security"):
+            self.write(app_engine, "bob", "alice", "planted", expired=False)
+        assert self.keys_seen(app_engine, "alice") == []
