@@ -81,3 +81,34 @@ def test_the_api_examples_run_as_written_on_a_fresh_postgresql(dev_server, fresh
             assert conn.execute(sa.text("SELECT count(*) FROM tasks")).scalar() == 0
     finally:
         engine.dispose()
+
+
+@pytest.mark.usefixtures("curl")
+def test_the_retries_and_concurrent_edits_examples_run_as_written(dev_server, fresh_database):
+    port, env = dev_server
+    script = readme_block("### Retries and concurrent edits")
+    script = script.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+    script = script.replace("backend/.venv/bin/", f"{BIN}/")
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    output = result.stdout
+    assert result.returncode == 0, output + result.stderr
+    lines = [line.strip() for line in output.splitlines()]
+    assert "HTTP/1.1 201 Created" in lines, output
+    assert "idempotent-replayed: true" in lines, output
+    codes = [line for line in lines if line.isdigit()]
+    assert codes == ["422", "200", "412", "304"], output
+    engine = sa.create_engine(normalise_url(fresh_database))
+    try:
+        with engine.connect() as conn:
+            titles = conn.execute(sa.text("SELECT title FROM tasks")).scalars().all()
+    finally:
+        engine.dispose()
+    assert titles == ["Pay rent (tab 1)"]
