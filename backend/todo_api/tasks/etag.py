@@ -25,6 +25,26 @@ _TAGS = re.compile(r'(W/)?"([!#-~]*)"')
 _OURS = re.compile(r"([0-9a-f]{1,16})-([0-9]{1,10})")
 
 
+# OpenAPI declarations: the headers are read in the routes themselves (see idempotency.key_of).
+IF_MATCH_PARAMETER = {
+    "name": "If-Match",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": (
+        "Write only if the task's current ETag is in this list of entity-tags (`*`: any "
+        "version); otherwise 412 with the current ETag, and nothing is changed."
+    ),
+}
+IF_NONE_MATCH_PARAMETER = {
+    "name": "If-None-Match",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "304 with no body if the task's ETag is in this list (`*`: any version).",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Version:
     """One representation of a task: what its ETag names."""

@@ -8,19 +8,24 @@ from collections.abc import Callable
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Body, Header, HTTPException, Path, Query, Request, Response, status
+from fastapi import APIRouter, Body, HTTPException, Path, Query, Request, Response, status
 from pydantic import BeforeValidator
-from pydantic.json_schema import SkipJsonSchema
 from sqlalchemy import Connection, Engine
 
 from todo_api.auth import CurrentUser
 from todo_api.db import owner_connection
 from todo_api.http import JSONBytesResponse, error_responses
 from todo_api.tasks import service
-from todo_api.tasks.etag import etag, if_match, none_match
-from todo_api.tasks.idempotency import REPLAYED, IdempotencyKeys, fingerprint
+from todo_api.tasks.etag import (
+    IF_MATCH_PARAMETER,
+    IF_NONE_MATCH_PARAMETER,
+    Version,
+    etag,
+    if_match,
+    none_match,
+)
+from todo_api.tasks.idempotency import KEY_PARAMETER, IdempotencyKeys, fingerprint, key_of
 from todo_api.tasks.models import (
-    IDEMPOTENCY_KEY_MAX,
     CompletionSet,
     SortOrder,
     TaskCreate,
@@ -62,36 +67,6 @@ def _tasks_url(request: Request, owner_id: str) -> str:
     return f"{request.scope.get('root_path', '')}/api/{quote(owner_id, safe='')}/tasks"
 
 
-IdempotencyKey = Annotated[
-    str | SkipJsonSchema[None],
-    Header(
-        alias="Idempotency-Key",
-        # Visible ASCII; HTTP itself drops the whitespace around a header value.
-        pattern=rf"^[ \t]*[!-~]{{1,{IDEMPOTENCY_KEY_MAX}}}[ \t]*$",
-        description=(
-            "Any string of 1-255 visible ASCII characters (a UUID, say), new for each change. "
-            "A retry with the same key and the same request gets the first answer again "
-            f"(with `{REPLAYED}: true`) without the change being made twice; see specs/api.md."
-        ),
-    ),
-]
-IfMatch = Annotated[
-    str | SkipJsonSchema[None],
-    Header(
-        alias="If-Match",
-        description=(
-            "Write only if the task's current ETag is in this list of entity-tags (`*`: any "
-            "version); otherwise 412 with the current ETag, and nothing is changed."
-        ),
-    ),
-]
-IfNoneMatch = Annotated[
-    str | SkipJsonSchema[None],
-    Header(
-        alias="If-None-Match",
-        description="304 with no body if the task's ETag is in this list (`*`: any version).",
-    ),
-]
 ETAG_HEADER = {"ETag": {"description": "The task's strong ETag", "schema": {"type": "string"}}}
 
 
@@ -108,11 +83,7 @@ def _task(row: dict[str, Any] | None, status_code: int = 200, **headers: str) ->
 
 
 def _write(
-    request: Request,
-    user: CurrentUser,
-    key: str | None,
-    body: object,
-    work: Callable[[Connection], Response],
+    request: Request, user: CurrentUser, body: object, work: Callable[[Connection], Response]
 ) -> Response:
     """`work` on the user's connection: once per Idempotency-Key, 412 when If-Match fails."""
 
@@ -127,6 +98,7 @@ def _write(
                 headers={"ETag": etag(current["created_at"], current["version"])},
             ) from None
 
+    key = key_of(request.headers.get("idempotency-key"))
     with owner_connection(_engine(request), user.sub) as conn:
         if key is None:
             return conditional(conn)
@@ -135,16 +107,21 @@ def _write(
             request.method, request.url.path, request.headers.get("if-match"), body
         )
         return keys.run(
-            conn,
-            owner_id=user.sub,
-            key=key.strip(),
-            fingerprint=request_fingerprint,
-            work=conditional,
+            conn, owner_id=user.sub, key=key, fingerprint=request_fingerprint, work=conditional
         )
+
+
+def _expected(request: Request) -> tuple[Version, ...] | None:
+    return if_match(request.headers.get("if-match"))
 
 
 def _responses(*codes: int, etag_on: int = 200) -> dict[int | str, dict[str, Any]]:
     return {etag_on: {"headers": ETAG_HEADER}, **error_responses(*codes)}
+
+
+def _headers(*parameters: dict[str, Any]) -> dict[str, Any]:
+    # Merged by FastAPI into the operation's own parameters.
+    return {"parameters": list(parameters)}
 
 
 @router.get(
@@ -187,14 +164,10 @@ def list_tasks(
     response_model=TaskPublic,
     status_code=status.HTTP_201_CREATED,
     responses=_responses(401, 403, 409, 413, 422, 503, etag_on=201),
+    openapi_extra=_headers(KEY_PARAMETER),
     summary="Create a task",
 )
-def create_task(
-    request: Request,
-    user: CurrentUser,
-    task: TaskCreate,
-    idempotency_key: IdempotencyKey = None,
-) -> Response:
+def create_task(request: Request, user: CurrentUser, task: TaskCreate) -> Response:
     """Create a task owned by the signed-in user; `Location` names the new task."""
 
     def create(conn: Connection) -> Response:
@@ -202,7 +175,7 @@ def create_task(
         location = f"{_tasks_url(request, user.sub)}/{row['id']}"
         return _task(row, status.HTTP_201_CREATED, Location=location)
 
-    return _write(request, user, idempotency_key, task.model_dump(mode="json"), create)
+    return _write(request, user, task.model_dump(mode="json"), create)
 
 
 @router.get(
@@ -212,14 +185,14 @@ def create_task(
         **_responses(401, 403, 404, 422, 503),
         304: {"description": "If-None-Match named the current ETag", "headers": ETAG_HEADER},
     },
+    openapi_extra=_headers(IF_NONE_MATCH_PARAMETER),
     summary="Get a task",
 )
-def get_task(
-    request: Request, user: CurrentUser, task_id: TaskId, if_none_match: IfNoneMatch = None
-) -> Response:
+def get_task(request: Request, user: CurrentUser, task_id: TaskId) -> Response:
     """One of the user's tasks."""
     with owner_connection(_engine(request), user.sub) as conn:
         row = service.get_task(conn, owner_id=user.sub, task_id=task_id)
+    if_none_match = request.headers.get("if-none-match")
     if row is not None and if_none_match is not None:
         current = etag(row["created_at"], row["version"])
         if none_match(if_none_match, current):
@@ -231,15 +204,11 @@ def get_task(
     "/{task_id}",
     response_model=TaskPublic,
     responses=_responses(401, 403, 404, 409, 412, 413, 422, 503),
+    openapi_extra=_headers(IF_MATCH_PARAMETER, KEY_PARAMETER),
     summary="Update a task",
 )
 def update_task(
-    request: Request,
-    user: CurrentUser,
-    task_id: TaskId,
-    changes: TaskUpdate,
-    if_match_header: IfMatch = None,
-    idempotency_key: IdempotencyKey = None,
+    request: Request, user: CurrentUser, task_id: TaskId, changes: TaskUpdate
 ) -> Response:
     """Change any subset of title, description and completed; `description: null` clears it."""
     fields = changes.model_dump(exclude_unset=True)
@@ -251,13 +220,11 @@ def update_task(
                 owner_id=user.sub,
                 task_id=task_id,
                 changes=fields,
-                expected=if_match(if_match_header),
+                expected=_expected(request),
             )
         )
 
-    return _write(
-        request, user, idempotency_key, changes.model_dump(mode="json", exclude_unset=True), update
-    )
+    return _write(request, user, changes.model_dump(mode="json", exclude_unset=True), update)
 
 
 @router.delete(
@@ -265,30 +232,26 @@ def update_task(
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     responses=error_responses(401, 403, 404, 409, 412, 422, 503),
+    openapi_extra=_headers(IF_MATCH_PARAMETER, KEY_PARAMETER),
     summary="Delete a task",
 )
-def delete_task(
-    request: Request,
-    user: CurrentUser,
-    task_id: TaskId,
-    if_match_header: IfMatch = None,
-    idempotency_key: IdempotencyKey = None,
-) -> Response:
+def delete_task(request: Request, user: CurrentUser, task_id: TaskId) -> Response:
     """Delete one of the user's tasks."""
 
     def delete(conn: Connection) -> Response:
-        expected = if_match(if_match_header)
+        expected = _expected(request)
         if not service.delete_task(conn, owner_id=user.sub, task_id=task_id, expected=expected):
             raise _not_found()
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
-    return _write(request, user, idempotency_key, None, delete)
+    return _write(request, user, None, delete)
 
 
 @router.patch(
     "/{task_id}/complete",
     response_model=TaskPublic,
     responses=_responses(401, 403, 404, 409, 412, 413, 422, 503),
+    openapi_extra=_headers(IF_MATCH_PARAMETER, KEY_PARAMETER),
     summary="Toggle or set completion",
 )
 def complete_task(
@@ -296,8 +259,6 @@ def complete_task(
     user: CurrentUser,
     task_id: TaskId,
     body: Annotated[CompletionSet | None, Body()] = None,
-    if_match_header: IfMatch = None,
-    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Flip `completed`; with a body `{"completed": true|false}` set it instead."""
     completed = body.completed if body else None
@@ -309,8 +270,8 @@ def complete_task(
                 owner_id=user.sub,
                 task_id=task_id,
                 completed=completed,
-                expected=if_match(if_match_header),
+                expected=_expected(request),
             )
         )
 
-    return _write(request, user, idempotency_key, completed, complete)
+    return _write(request, user, completed, complete)
