@@ -192,8 +192,7 @@ class IdempotencyKeys:
             "created_at": now,
             "expires_at": now + self.in_progress,
         }
-        stmt = _CLAIM[conn.dialect.name].values(**values)
-        return conn.execute(stmt, {"now": now}).first() is not None
+        return conn.execute(_CLAIM[conn.dialect.name], {**values, "now": now}).first() is not None
 
     def _kept(self, conn: Connection, owner_id: str, key: str) -> _Kept | None:
         row = conn.execute(_KEPT, {"owner_id": owner_id, "idempotency_key": key}).first()

@@ -83,9 +83,15 @@ def _task(row: dict[str, Any] | None, status_code: int = 200, **headers: str) ->
 
 
 def _write(
-    request: Request, user: CurrentUser, body: object, work: Callable[[Connection], Response]
+    request: Request,
+    user: CurrentUser,
+    body: Callable[[], object],
+    work: Callable[[Connection], Response],
 ) -> Response:
-    """`work` on the user's connection: once per Idempotency-Key, 412 when If-Match fails."""
+    """`work` on the user's connection: once per Idempotency-Key, 412 when If-Match fails.
+
+    `body()`: the accepted body for the request's fingerprint (only built with a key).
+    """
 
     def conditional(conn: Connection) -> Response:
         try:
@@ -104,7 +110,7 @@ def _write(
             return conditional(conn)
         keys: IdempotencyKeys = request.app.state.idempotency_keys
         request_fingerprint = fingerprint(
-            request.method, request.url.path, request.headers.get("if-match"), body
+            request.method, request.url.path, request.headers.get("if-match"), body()
         )
         return keys.run(
             conn, owner_id=user.sub, key=key, fingerprint=request_fingerprint, work=conditional
@@ -175,7 +181,7 @@ def create_task(request: Request, user: CurrentUser, task: TaskCreate) -> Respon
         location = f"{_tasks_url(request, user.sub)}/{row['id']}"
         return _task(row, status.HTTP_201_CREATED, Location=location)
 
-    return _write(request, user, task.model_dump(mode="json"), create)
+    return _write(request, user, task.model_dump, create)
 
 
 @router.get(
@@ -224,7 +230,7 @@ def update_task(
             )
         )
 
-    return _write(request, user, changes.model_dump(mode="json", exclude_unset=True), update)
+    return _write(request, user, lambda: fields, update)
 
 
 @router.delete(
@@ -244,7 +250,7 @@ def delete_task(request: Request, user: CurrentUser, task_id: TaskId) -> Respons
             raise _not_found()
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
-    return _write(request, user, None, delete)
+    return _write(request, user, lambda: None, delete)
 
 
 @router.patch(
@@ -274,4 +280,4 @@ def complete_task(
             )
         )
 
-    return _write(request, user, completed, complete)
+    return _write(request, user, lambda: completed, complete)
