@@ -177,7 +177,7 @@ class IdempotencyKeys:
             kept = self._kept(conn, owner_id, key)
             if kept is not None:
                 return _answer_from(kept, fingerprint)
-            # Purged between the two statements: claim again.
+            # Let go (its request failed) or purged between the two statements: claim again.
         raise _in_progress()  # not reached in practice: three rows vanished in a row
 
     def _claim(

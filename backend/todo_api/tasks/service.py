@@ -4,6 +4,9 @@ todo_api.db.owner_connection; see specs/security.md).
 
 Each request needs one statement (two or three on a user's very first write), run on an
 autocommit connection: a single statement is atomic, and nothing waits for a COMMIT round trip.
+An If-Match condition is part of that statement's WHERE clause; only when it fails does a second
+statement read the current version (for the 412). With an Idempotency-Key the same statements
+run inside the transaction that tasks/idempotency.py opens.
 """
 
 from collections.abc import Mapping
