@@ -3,6 +3,7 @@ change twice, and what a key holds is its user's alone."""
 
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -138,6 +139,42 @@ class TestCreate:
         assert REPLAYED not in create(api, owner, None, "a").headers
         assert REPLAYED not in create(api, owner, None, "a").headers
         assert len(tasks_of(engine, owner)) == 3
+
+
+class TestFailures:
+    @pytest.fixture
+    def boom(self, engine: sa.Engine) -> Iterator[None]:
+        """Inserting a task titled "boom" fails in the database (a trigger), after the claim."""
+        if engine.dialect.name == "postgresql":
+            create = [
+                "CREATE FUNCTION refuse_boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "IF NEW.title = 'boom' THEN RAISE EXCEPTION 'boom'; END IF; RETURN NEW; END $$",
+                "CREATE TRIGGER refuse_boom BEFORE INSERT ON tasks "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_boom()",
+            ]
+            drop = ["DROP TRIGGER refuse_boom ON tasks", "DROP FUNCTION refuse_boom()"]
+        else:
+            create = [
+                "CREATE TRIGGER refuse_boom BEFORE INSERT ON tasks WHEN NEW.title = 'boom' "
+                "BEGIN SELECT RAISE(ABORT, 'boom'); END"
+            ]
+            drop = ["DROP TRIGGER refuse_boom"]
+        with engine.begin() as conn:
+            for statement in create:
+                conn.exec_driver_sql(statement)
+        try:
+            yield
+        finally:
+            with engine.begin() as conn:
+                for statement in drop:
+                    conn.exec_driver_sql(statement)
+
+    def test_a_request_that_fails_lets_its_key_go(self, api, engine, owner, boom):
+        key = new_key()
+        failed = create(api, owner, key, "boom")
+        assert failed.status_code >= 500
+        assert keys_of(engine, owner) == []  # not left claimed for IDEMPOTENCY_IN_PROGRESS_SECONDS
+        assert [t["title"] for t in tasks_of(engine, owner)] == ["first"]
 
 
 class TestUsers:

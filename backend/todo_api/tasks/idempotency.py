@@ -21,6 +21,7 @@ Hand-written: the Python packages for this header are framework middlewares that
 Redis or in memory, neither of which fits one database reached through a pooler.
 """
 
+import contextlib
 import hashlib
 import re
 import secrets
@@ -218,18 +219,17 @@ class IdempotencyKeys:
                 # An answer like any other (404, 412): kept, and sent as the handler would.
                 response = JSONResponse({"detail": error.detail}, error.status_code, error.headers)
             stored = conn.execute(_STORE, {**held, **self._stored(response)}).rowcount == 1
-            if not stored:
-                conn.rollback()
-                raise _in_progress()
-            conn.commit()
-        except HTTPException:
-            raise
         except BaseException:
-            # The work failed (database down, a bug): nothing of it was committed, so free the
-            # key for a retry now; if even that fails, the claim expires on its own.
-            conn.rollback()
-            self._release(conn, held)
+            # The work failed (database down, a bug) before any COMMIT: nothing of it is kept,
+            # so free the key for a retry now.
+            self._let_go(conn, held)
             raise
+        if not stored:
+            conn.rollback()  # a retry took the expired claim over and does the work instead
+            raise _in_progress()
+        # Never let go after this: a COMMIT that failed may still have been applied, and then
+        # the kept answer must stay. Otherwise the claim expires on its own.
+        conn.commit()
         return response
 
     def _stored(self, response: Response) -> dict[str, Any]:
@@ -244,12 +244,16 @@ class IdempotencyKeys:
         }
 
     @staticmethod
-    def _release(conn: Connection, held: dict[str, str]) -> None:
+    def _let_go(conn: Connection, held: dict[str, str]) -> None:
+        # Best effort, on a connection that may be broken: the caller raises the first error,
+        # and a claim that stays expires after in_progress_seconds.
         try:
+            conn.rollback()
             conn.execute(_RELEASE, held)
             conn.commit()
         except SQLAlchemyError:
-            conn.rollback()
+            with contextlib.suppress(SQLAlchemyError):
+                conn.rollback()
 
     def _purge_now_and_then(self, conn: Connection) -> None:
         with self._purge_lock:
