@@ -97,6 +97,7 @@ class BenchDatabase:
         with self.cursor() as cur:
             cur.execute("INSERT INTO users (id) VALUES (%s) ON CONFLICT DO NOTHING", (user_id,))
             self._insert_tasks(cur, user_id, count)
+            cur.execute("DELETE FROM idempotency_keys")
             cur.execute("VACUUM ANALYZE tasks")
 
     def drop_users(self, user_ids: list[str]) -> None:

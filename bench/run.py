@@ -25,7 +25,7 @@ from servers import Keys
 from session import Session
 
 BENCH_DIR = Path(__file__).resolve().parent
-SCENARIOS = ("list", "create", "get", "toggle", "mixed")
+SCENARIOS = ("list", "create", "get", "toggle", "mixed", "create_key")
 CURVES = ("owner", "workers", "others")
 NOISY_CORES = 0.15  # mean CPU of processes outside the benchmark, in cores
 

@@ -13,7 +13,7 @@ from database import BENCH_USER, BenchDatabase
 from servers import App, Keys, start_app
 
 # Scenarios that change the data: the database is put back after each of their runs.
-WRITES = frozenset({"create", "toggle", "mixed"})
+WRITES = frozenset({"create", "toggle", "mixed", "create_key"})
 # Starts of the measured run until wrk's connections are spread over the workers (each
 # refused start costs a few milliseconds); the last one is measured whatever the spread.
 MAX_ATTEMPTS = 50

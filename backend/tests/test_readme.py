@@ -24,6 +24,25 @@ def readme_block(after: str) -> str:
     return match.group(1)
 
 
+def run_block(script: str, dev_server: tuple[int, dict[str, str]]) -> str:
+    """Run a README block with bash -euo pipefail against the dev server; its output."""
+    port, env = dev_server
+    # This run's server and virtualenv (the test image keeps its virtualenv elsewhere).
+    script = script.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+    script = script.replace("backend/.venv/bin/", f"{BIN}/")
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
 @pytest.fixture
 def fresh_database(postgres: PostgresServer) -> Iterator[str]:
     url = postgres.create_database()
@@ -51,23 +70,9 @@ def curl() -> str:
 
 @pytest.mark.usefixtures("curl")
 def test_the_api_examples_run_as_written_on_a_fresh_postgresql(dev_server, fresh_database):
-    port, env = dev_server
     script = readme_block("With `make run` going")
     assert "backend/.venv/bin/todo-api token alice" in script
-    # This run's server and virtualenv (the test image keeps its virtualenv elsewhere).
-    script = script.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
-    script = script.replace("backend/.venv/bin/", f"{BIN}/")
-    result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    output = result.stdout
-    assert result.returncode == 0, output + result.stderr
+    output = run_block(script, dev_server)
     assert '"title":"Buy milk"' in output, output
     # PUT and PATCH reached the task just created (not a 404 for an assumed id 1).
     assert '"title":"Buy oat milk"' in output, output
@@ -81,3 +86,20 @@ def test_the_api_examples_run_as_written_on_a_fresh_postgresql(dev_server, fresh
             assert conn.execute(sa.text("SELECT count(*) FROM tasks")).scalar() == 0
     finally:
         engine.dispose()
+
+
+@pytest.mark.usefixtures("curl")
+def test_the_retries_and_concurrent_edits_examples_run_as_written(dev_server, fresh_database):
+    output = run_block(readme_block("### Retries and concurrent edits"), dev_server)
+    lines = [line.strip() for line in output.splitlines()]
+    assert "HTTP/1.1 201 Created" in lines, output
+    assert "idempotent-replayed: true" in lines, output
+    codes = [line for line in lines if line.isdigit()]
+    assert codes == ["422", "200", "412", "304"], output
+    engine = sa.create_engine(normalise_url(fresh_database))
+    try:
+        with engine.connect() as conn:
+            titles = conn.execute(sa.text("SELECT title FROM tasks")).scalars().all()
+    finally:
+        engine.dispose()
+    assert titles == ["Pay rent (tab 1)"]

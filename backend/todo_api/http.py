@@ -25,8 +25,10 @@ _ERROR_DESCRIPTIONS = {
     401: "Missing or invalid bearer token (carries `WWW-Authenticate: Bearer`)",
     403: "The token's subject is not the user in the path",
     404: "No such task for this user",
+    409: "A request with the same Idempotency-Key is still in progress (carries `Retry-After`)",
+    412: "If-Match did not name the task's current ETag (carries the current `ETag`)",
     413: "Request body too large",
-    422: "Invalid path, query or body",
+    422: "Invalid path, query, body or header, or an Idempotency-Key reused for another request",
     503: "Database or token keys temporarily unavailable",
 }
 

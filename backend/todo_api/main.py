@@ -17,6 +17,7 @@ from todo_api.db import create_db_engine
 from todo_api.http import BodySizeLimit, CatchAll, install_error_handlers
 from todo_api.migrate import migrate
 from todo_api.observability import RequestContext, install_metrics, on_not_ready
+from todo_api.tasks.idempotency import REPLAYED, IdempotencyKeys
 from todo_api.tasks.router import router as tasks_router
 
 DOCS_ASSETS = "/docs/assets"
@@ -65,6 +66,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.verifier = TokenVerifier(settings)
+    app.state.idempotency_keys = IdempotencyKeys(
+        ttl_seconds=settings.idempotency_ttl_seconds,
+        in_progress_seconds=settings.idempotency_in_progress_seconds,
+    )
     app.add_middleware(CatchAll)  # innermost: its 500 passes through metrics, CORS and ids
     metrics = install_metrics(app, settings)
     app.state.on_auth_failure = lambda reason: metrics.auth_failures.labels(reason).inc()
@@ -76,8 +81,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         CORSMiddleware,
         allow_origins=settings.cors_origins,
         allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-        allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-        expose_headers=["Location", "Link", "X-Request-ID"],
+        allow_headers=[
+            "Authorization",
+            "Content-Type",
+            "X-Request-ID",
+            "Idempotency-Key",
+            "If-Match",
+            "If-None-Match",
+        ],
+        expose_headers=["Location", "Link", "X-Request-ID", "ETag", REPLAYED],
         max_age=600,
     )
     # Outermost: every response gets its X-Request-ID and the security headers.

@@ -4,17 +4,27 @@ Handlers are plain `def`: FastAPI runs each in the threadpool once, and all of a
 database work happens inside that one call.
 """
 
+from collections.abc import Callable
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Body, HTTPException, Path, Query, Request, Response, status
 from pydantic import BeforeValidator
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from todo_api.auth import CurrentUser
 from todo_api.db import owner_connection
 from todo_api.http import JSONBytesResponse, error_responses
 from todo_api.tasks import service
+from todo_api.tasks.etag import (
+    IF_MATCH_PARAMETER,
+    IF_NONE_MATCH_PARAMETER,
+    Version,
+    etag,
+    if_match,
+    none_match,
+)
+from todo_api.tasks.idempotency import KEY_PARAMETER, IdempotencyKeys, fingerprint, key_of
 from todo_api.tasks.models import (
     CompletionSet,
     SortOrder,
@@ -57,6 +67,9 @@ def _tasks_url(request: Request, owner_id: str) -> str:
     return f"{request.scope.get('root_path', '')}/api/{quote(owner_id, safe='')}/tasks"
 
 
+ETAG_HEADER = {"ETag": {"description": "The task's strong ETag", "schema": {"type": "string"}}}
+
+
 def _not_found() -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, "Task not found")
 
@@ -64,7 +77,57 @@ def _not_found() -> HTTPException:
 def _task(row: dict[str, Any] | None, status_code: int = 200, **headers: str) -> Response:
     if row is None:
         raise _not_found()
-    return JSONBytesResponse(row, status_code=status_code, headers=headers or None)
+    # The version makes the ETag and stays out of the body.
+    headers["ETag"] = etag(row["created_at"], row.pop("version"))
+    return JSONBytesResponse(row, status_code=status_code, headers=headers)
+
+
+def _write(
+    request: Request,
+    user: CurrentUser,
+    body: Callable[[], object],
+    work: Callable[[Connection], Response],
+) -> Response:
+    """`work` on the user's connection: once per Idempotency-Key, 412 when If-Match fails.
+
+    `body()`: the accepted body for the request's fingerprint (only built with a key).
+    """
+
+    def conditional(conn: Connection) -> Response:
+        try:
+            return work(conn)
+        except service.PreconditionFailed as failed:
+            current = failed.current
+            raise HTTPException(
+                status.HTTP_412_PRECONDITION_FAILED,
+                "The task has changed since the ETag in If-Match",
+                headers={"ETag": etag(current["created_at"], current["version"])},
+            ) from None
+
+    key = key_of(request.headers.get("idempotency-key"))
+    with owner_connection(_engine(request), user.sub) as conn:
+        if key is None:
+            return conditional(conn)
+        keys: IdempotencyKeys = request.app.state.idempotency_keys
+        request_fingerprint = fingerprint(
+            request.method, request.url.path, request.headers.get("if-match"), body()
+        )
+        return keys.run(
+            conn, owner_id=user.sub, key=key, fingerprint=request_fingerprint, work=conditional
+        )
+
+
+def _expected(request: Request) -> tuple[Version, ...] | None:
+    return if_match(request.headers.get("if-match"))
+
+
+def _responses(*codes: int, etag_on: int = 200) -> dict[int | str, dict[str, Any]]:
+    return {etag_on: {"headers": ETAG_HEADER}, **error_responses(*codes)}
+
+
+def _headers(*parameters: dict[str, Any]) -> dict[str, Any]:
+    # Merged by FastAPI into the operation's own parameters.
+    return {"parameters": list(parameters)}
 
 
 @router.get(
@@ -106,65 +169,95 @@ def list_tasks(
     "",
     response_model=TaskPublic,
     status_code=status.HTTP_201_CREATED,
-    responses=error_responses(401, 403, 413, 422, 503),
+    responses=_responses(401, 403, 409, 413, 422, 503, etag_on=201),
+    openapi_extra=_headers(KEY_PARAMETER),
     summary="Create a task",
 )
 def create_task(request: Request, user: CurrentUser, task: TaskCreate) -> Response:
     """Create a task owned by the signed-in user; `Location` names the new task."""
-    with owner_connection(_engine(request), user.sub) as conn:
+
+    def create(conn: Connection) -> Response:
         row = service.create_task(conn, owner=user, data=task)
-    location = f"{_tasks_url(request, user.sub)}/{row['id']}"
-    return _task(row, status.HTTP_201_CREATED, Location=location)
+        location = f"{_tasks_url(request, user.sub)}/{row['id']}"
+        return _task(row, status.HTTP_201_CREATED, Location=location)
+
+    return _write(request, user, task.model_dump, create)
 
 
 @router.get(
     "/{task_id}",
     response_model=TaskPublic,
-    responses=error_responses(401, 403, 404, 422, 503),
+    responses={
+        **_responses(401, 403, 404, 422, 503),
+        304: {"description": "If-None-Match named the current ETag", "headers": ETAG_HEADER},
+    },
+    openapi_extra=_headers(IF_NONE_MATCH_PARAMETER),
     summary="Get a task",
 )
 def get_task(request: Request, user: CurrentUser, task_id: TaskId) -> Response:
     """One of the user's tasks."""
     with owner_connection(_engine(request), user.sub) as conn:
-        return _task(service.get_task(conn, owner_id=user.sub, task_id=task_id))
+        row = service.get_task(conn, owner_id=user.sub, task_id=task_id)
+    if_none_match = request.headers.get("if-none-match")
+    if row is not None and if_none_match is not None:
+        current = etag(row["created_at"], row["version"])
+        if none_match(if_none_match, current):
+            return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": current})
+    return _task(row)
 
 
 @router.put(
     "/{task_id}",
     response_model=TaskPublic,
-    responses=error_responses(401, 403, 404, 413, 422, 503),
+    responses=_responses(401, 403, 404, 409, 412, 413, 422, 503),
+    openapi_extra=_headers(IF_MATCH_PARAMETER, KEY_PARAMETER),
     summary="Update a task",
 )
 def update_task(
     request: Request, user: CurrentUser, task_id: TaskId, changes: TaskUpdate
 ) -> Response:
     """Change any subset of title, description and completed; `description: null` clears it."""
-    with owner_connection(_engine(request), user.sub) as conn:
-        row = service.update_task(
-            conn, owner_id=user.sub, task_id=task_id, changes=changes.model_dump(exclude_unset=True)
+    fields = changes.model_dump(exclude_unset=True)
+
+    def update(conn: Connection) -> Response:
+        return _task(
+            service.update_task(
+                conn,
+                owner_id=user.sub,
+                task_id=task_id,
+                changes=fields,
+                expected=_expected(request),
+            )
         )
-    return _task(row)
+
+    return _write(request, user, lambda: fields, update)
 
 
 @router.delete(
     "/{task_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=error_responses(401, 403, 404, 422, 503),
+    responses=error_responses(401, 403, 404, 409, 412, 422, 503),
+    openapi_extra=_headers(IF_MATCH_PARAMETER, KEY_PARAMETER),
     summary="Delete a task",
 )
 def delete_task(request: Request, user: CurrentUser, task_id: TaskId) -> Response:
     """Delete one of the user's tasks."""
-    with owner_connection(_engine(request), user.sub) as conn:
-        if not service.delete_task(conn, owner_id=user.sub, task_id=task_id):
+
+    def delete(conn: Connection) -> Response:
+        expected = _expected(request)
+        if not service.delete_task(conn, owner_id=user.sub, task_id=task_id, expected=expected):
             raise _not_found()
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    return _write(request, user, lambda: None, delete)
 
 
 @router.patch(
     "/{task_id}/complete",
     response_model=TaskPublic,
-    responses=error_responses(401, 403, 404, 413, 422, 503),
+    responses=_responses(401, 403, 404, 409, 412, 413, 422, 503),
+    openapi_extra=_headers(IF_MATCH_PARAMETER, KEY_PARAMETER),
     summary="Toggle or set completion",
 )
 def complete_task(
@@ -174,8 +267,17 @@ def complete_task(
     body: Annotated[CompletionSet | None, Body()] = None,
 ) -> Response:
     """Flip `completed`; with a body `{"completed": true|false}` set it instead."""
-    with owner_connection(_engine(request), user.sub) as conn:
-        row = service.set_completed(
-            conn, owner_id=user.sub, task_id=task_id, completed=body.completed if body else None
+    completed = body.completed if body else None
+
+    def complete(conn: Connection) -> Response:
+        return _task(
+            service.set_completed(
+                conn,
+                owner_id=user.sub,
+                task_id=task_id,
+                completed=completed,
+                expected=_expected(request),
+            )
         )
-    return _task(row)
+
+    return _write(request, user, lambda: completed, complete)

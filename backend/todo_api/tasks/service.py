@@ -4,6 +4,9 @@ todo_api.db.owner_connection; see specs/security.md).
 
 Each request needs one statement (two or three on a user's very first write), run on an
 autocommit connection: a single statement is atomic, and nothing waits for a COMMIT round trip.
+An If-Match condition is part of that statement's WHERE clause; only when it fails does a second
+statement read the current version (for the 412). With an Idempotency-Key the same statements
+run inside the transaction that tasks/idempotency.py opens.
 """
 
 from collections.abc import Mapping
@@ -11,6 +14,7 @@ from functools import cache
 from typing import Any, get_args
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Insert,
     Integer,
@@ -22,8 +26,10 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    false,
     insert,
     not_,
+    or_,
     select,
     update,
 )
@@ -32,6 +38,7 @@ from sqlalchemy.exc import IntegrityError
 
 from todo_api.auth import Claims
 from todo_api.db import utcnow
+from todo_api.tasks.etag import Version
 from todo_api.tasks.models import SortOrder, Task, TaskCreate, TaskSort, TaskStatus, User
 
 TaskRow = dict[str, Any]
@@ -40,19 +47,44 @@ _tasks: Table = Task.__table__  # type: ignore[attr-defined]
 _users: Table = User.__table__  # type: ignore[attr-defined]
 _c = _tasks.c
 # The public task, selected as columns (the table's, in order): no ORM objects on the request path.
-_COLUMNS = tuple(_tasks.c)
+_COLUMNS = tuple(column for column in _tasks.c if column.name != "version")
 _KEYS = tuple(column.name for column in _COLUMNS)
+# One task is selected with its version, which makes its ETag (popped before the body is sent).
+_VERSIONED = (*_COLUMNS, _c.version)
+_VERSIONED_KEYS = (*_KEYS, "version")
 _OWNER_ID = bindparam("owner_id", type_=Text())
 _TASK_ID = bindparam("task_id", type_=Integer())
 _OWNED = and_(_c.id == _TASK_ID, _c.user_id == _OWNER_ID)
+_NEXT_VERSION = _c.version + 1
 
 _SORT_COLUMNS = {"created": _c.created_at, "updated": _c.updated_at, "title": _c.title}
 DEFAULT_ORDER: dict[str, SortOrder] = {"created": "desc", "updated": "desc", "title": "asc"}
 
 
+class PreconditionFailed(Exception):
+    """If-Match named none of the task's versions: nothing was written."""
+
+    def __init__(self, current: TaskRow) -> None:
+        super().__init__("precondition failed")
+        self.current = current
+
+
 def _rows(result: Result[Any]) -> list[TaskRow]:
     # Plain dicts by position: RowMapping -> dict costs more than the query on a 50-row page.
     return [dict(zip(_KEYS, row, strict=True)) for row in result]
+
+
+def _task(result: Result[Any]) -> TaskRow | None:
+    row = result.first()
+    return None if row is None else dict(zip(_VERSIONED_KEYS, row, strict=True))
+
+
+def _matching(versions: tuple[Version, ...]) -> ColumnElement[bool]:
+    # Built per request, on the If-Match path only; an empty list matches no row.
+    return or_(
+        false(),
+        *(and_(_c.created_at == v.created_at, _c.version == v.version) for v in versions),
+    )
 
 
 def _list_statement(status: TaskStatus, sort: TaskSort, order: SortOrder) -> Select[Any]:
@@ -76,14 +108,14 @@ LIST_STATEMENTS = {
     for sort in get_args(TaskSort)
     for order in get_args(SortOrder)
 }
-_GET = select(*_COLUMNS).where(_OWNED)
-_INSERT = insert(_tasks).returning(*_COLUMNS)
+_GET = select(*_VERSIONED).where(_OWNED)
+_INSERT = insert(_tasks).returning(*_VERSIONED)
 _DELETE = delete(_tasks).where(_OWNED)
 _TOGGLE = (
     update(_tasks)
     .where(_OWNED)
-    .values(completed=not_(_c.completed), updated_at=bindparam("now"))
-    .returning(*_COLUMNS)
+    .values(completed=not_(_c.completed), updated_at=bindparam("now"), version=_NEXT_VERSION)
+    .returning(*_VERSIONED)
 )
 
 
@@ -105,8 +137,8 @@ def list_tasks(
 
 
 def get_task(conn: Connection, *, owner_id: str, task_id: int) -> TaskRow | None:
-    rows = _rows(conn.execute(_GET, {"owner_id": owner_id, "task_id": task_id}))
-    return rows[0] if rows else None
+    """The task with its `version`, or None."""
+    return _task(conn.execute(_GET, {"owner_id": owner_id, "task_id": task_id}))
 
 
 def create_task(conn: Connection, *, owner: Claims, data: TaskCreate) -> TaskRow:
@@ -121,26 +153,42 @@ def create_task(conn: Connection, *, owner: Claims, data: TaskCreate) -> TaskRow
         "updated_at": now,
     }
     try:
-        return _rows(conn.execute(_INSERT, values))[0]
+        return _created(conn.execute(_INSERT, values))
     except IntegrityError:
         # The only constraint an insert can break is the owner's foreign key: no user row yet.
         # Trying first keeps every later write to a single statement.
         conn.rollback()
     ensure_user(conn, owner)
-    return _rows(conn.execute(_INSERT, values))[0]
+    return _created(conn.execute(_INSERT, values))
+
+
+def _created(result: Result[Any]) -> TaskRow:
+    row = _task(result)
+    assert row is not None  # an INSERT ... RETURNING returns its row
+    return row
 
 
 def update_task(
-    conn: Connection, *, owner_id: str, task_id: int, changes: Mapping[str, Any]
+    conn: Connection,
+    *,
+    owner_id: str,
+    task_id: int,
+    changes: Mapping[str, Any],
+    expected: tuple[Version, ...] | None = None,
 ) -> TaskRow | None:
-    """Apply a partial update; an empty change set changes nothing but is answered."""
+    """Apply a partial update; an empty change set changes nothing but is answered.
+
+    `expected`: the versions If-Match allows (None: any); PreconditionFailed otherwise.
+    """
     if not changes:
-        return get_task(conn, owner_id=owner_id, task_id=task_id)
+        row = get_task(conn, owner_id=owner_id, task_id=task_id)
+        if row is not None and expected is not None and _version(row) not in expected:
+            raise PreconditionFailed(row)
+        return row
     stmt = _update_statement(frozenset(changes))
     params = {f"new_{name}": value for name, value in changes.items()}
     params.update(owner_id=owner_id, task_id=task_id, now=utcnow())
-    rows = _rows(conn.execute(stmt, params))
-    return rows[0] if rows else None
+    return _written(conn, stmt, params, expected)
 
 
 @cache
@@ -151,27 +199,66 @@ def _update_statement(fields: frozenset[str]) -> Update:
     return (
         update(_tasks)
         .where(_OWNED)
-        .values(**values, updated_at=bindparam("now"))
-        .returning(*_COLUMNS)
+        .values(**values, updated_at=bindparam("now"), version=_NEXT_VERSION)
+        .returning(*_VERSIONED)
     )
 
 
 def set_completed(
-    conn: Connection, *, owner_id: str, task_id: int, completed: bool | None
+    conn: Connection,
+    *,
+    owner_id: str,
+    task_id: int,
+    completed: bool | None,
+    expected: tuple[Version, ...] | None = None,
 ) -> TaskRow | None:
     """Set completion, or flip it in the database when `completed` is None (no lost toggles)."""
-    params = {"owner_id": owner_id, "task_id": task_id, "now": utcnow()}
+    params: dict[str, Any] = {"owner_id": owner_id, "task_id": task_id, "now": utcnow()}
     if completed is None:
-        rows = _rows(conn.execute(_TOGGLE, params))
-    else:
-        stmt = _update_statement(frozenset({"completed"}))
-        rows = _rows(conn.execute(stmt, {**params, "new_completed": completed}))
-    return rows[0] if rows else None
+        return _written(conn, _TOGGLE, params, expected)
+    stmt = _update_statement(frozenset({"completed"}))
+    return _written(conn, stmt, {**params, "new_completed": completed}, expected)
 
 
-def delete_task(conn: Connection, *, owner_id: str, task_id: int) -> bool:
-    result = conn.execute(_DELETE, {"owner_id": owner_id, "task_id": task_id})
-    return result.rowcount == 1
+def delete_task(
+    conn: Connection, *, owner_id: str, task_id: int, expected: tuple[Version, ...] | None = None
+) -> bool:
+    """Whether the task was there (and deleted); PreconditionFailed when If-Match failed."""
+    params = {"owner_id": owner_id, "task_id": task_id}
+    stmt = _DELETE if expected is None else _DELETE.where(_matching(expected))
+    if conn.execute(stmt, params).rowcount == 1:
+        return True
+    _raise_if_it_exists(conn, owner_id, task_id, expected)
+    return False
+
+
+def _written(
+    conn: Connection,
+    stmt: Update,
+    params: dict[str, Any],
+    expected: tuple[Version, ...] | None,
+) -> TaskRow | None:
+    # The If-Match condition is part of the UPDATE's WHERE clause: checked and written at once.
+    if expected is not None:
+        stmt = stmt.where(_matching(expected))
+    row = _task(conn.execute(stmt, params))
+    if row is None:
+        _raise_if_it_exists(conn, params["owner_id"], params["task_id"], expected)
+    return row
+
+
+def _raise_if_it_exists(
+    conn: Connection, owner_id: str, task_id: int, expected: tuple[Version, ...] | None
+) -> None:
+    # Nothing was written: a 412 (with the current ETag) if the task exists, else a 404.
+    if expected is not None:
+        current = get_task(conn, owner_id=owner_id, task_id=task_id)
+        if current is not None:
+            raise PreconditionFailed(current)
+
+
+def _version(row: TaskRow) -> Version:
+    return Version(row["created_at"], row["version"])
 
 
 def ensure_user(conn: Connection, owner: Claims) -> None:
