@@ -23,7 +23,7 @@ import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 from sqlalchemy.engine import make_url
 
-from tests.support import free_port
+from tests.support import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 COMPANION = REPO / "deploy" / "better-auth"
@@ -130,14 +130,8 @@ class Companion:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
+        if process is not None:
+            stop_process(process, timeout=15)
 
     def restart(self, **env: str) -> None:
         self.stop()

@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from tests.support import APP_ROLE, APP_ROLE_PASSWORD, PostgresServer, free_port
+from tests.support import APP_ROLE, APP_ROLE_PASSWORD, PostgresServer, free_port, stop_process
 
 # Debian installs it outside a normal user's PATH.
 _DEBIAN_BINARY = "/usr/sbin/pgbouncer"
@@ -44,13 +44,7 @@ class PgBouncer:
 
     def stop(self) -> None:
         # SIGTERM is PgBouncer's immediate shutdown: it closes every client and server connection.
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process, timeout=10)
 
 
 def pgbouncer_binary() -> str | None:

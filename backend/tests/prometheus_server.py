@@ -4,7 +4,6 @@ API, and stopped by its PID."""
 
 import os
 import shutil
-import signal
 import subprocess
 import time
 import warnings
@@ -17,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.support import free_port
+from tests.support import free_port, stop_process
 
 
 def require(name: str) -> str:
@@ -99,10 +98,4 @@ def running_prometheus(config: dict[str, Any], directory: Path) -> Iterator[Prom
         yield prometheus
     finally:
         prometheus.client.close()
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process)

@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -33,6 +34,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 30) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout`; bounded either way."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
 
 
 def hs256(sub: str | None = "alice", *, secret: str = SECRET, **claims: Any) -> str:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.support import SECRET, auth, free_port, hs256
+from tests.support import SECRET, auth, free_port, hs256, stop_process
 from todo_api.db import normalise_url
 
 pytestmark = pytest.mark.slow
@@ -87,12 +87,7 @@ def gunicorn(database_url: str, tmp_path: Path, **env: str) -> Iterator[Server]:
             time.sleep(0.1)
         yield server
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_process(process)
 
 
 @pytest.fixture
