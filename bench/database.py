@@ -35,6 +35,12 @@ def _with_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path="/" + name))
 
 
+def _with_role(url: str, role: str, password: str) -> str:
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{role}:{password}@{host}"))
+
+
 @dataclass(frozen=True)
 class Seeded:
     """Ids the scenarios need: the benchmark user's own tasks are first..last."""
@@ -44,26 +50,39 @@ class Seeded:
 
 
 class BenchDatabase:
+    """`url` is the server's own role (a superuser: it seeds, resets and serves the floor);
+    `owner_url` is a role made for this run that owns the database and its tables, with no
+    SUPERUSER or BYPASSRLS: the product connects as it, as in production, so that PostgreSQL
+    applies the row-level security policy on `tasks` to every request it measures."""
+
     def __init__(self, server: str) -> None:
         self.name = f"bench_{secrets.token_hex(4)}"
         self.admin_url = _with_database(server, "postgres")
         self.url = _with_database(server, self.name)
+        self._password = secrets.token_hex(16)
+        self.owner_url = _with_role(self.url, self.name, self._password)
         self.seeded: Seeded | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def create(self) -> None:
         with _autocommit(self.admin_url) as cur:
-            cur.execute(f'CREATE DATABASE "{self.name}"')
+            cur.execute(
+                f'CREATE ROLE "{self.name}" LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD %s',
+                (self._password,),
+            )
+            cur.execute(f'CREATE DATABASE "{self.name}" OWNER "{self.name}"')
 
     def drop(self) -> None:
         # FORCE: a server that is being killed may still hold a connection.
         with _autocommit(self.admin_url) as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+            cur.execute(f'DROP ROLE IF EXISTS "{self.name}"')
 
     def migrate(self, todo_api: Path) -> None:
-        """The schema comes from the product's migrations, never from the harness."""
-        env = {**os.environ, "DATABASE_URL": self.url, "LOG_LEVEL": "warning"}
+        """The schema comes from the product's migrations, never from the harness; they run as
+        the owner role, which so owns the tables (and is still bound by the forced policy)."""
+        env = {**os.environ, "DATABASE_URL": self.owner_url, "LOG_LEVEL": "warning"}
         command = [str(todo_api), "migrate"]
         subprocess.run(command, env=env, check=True, capture_output=True)  # noqa: S603
 
@@ -188,11 +207,15 @@ class BenchDatabase:
     # -- introspection ---------------------------------------------------------------------
 
     def explain_list(self, user_id: str = BENCH_USER) -> str:
-        """EXPLAIN ANALYZE of the SQL the product sends for this user's first page."""
+        """EXPLAIN ANALYZE of the SQL the product sends for this user's first page, as the
+        product's role with the user set, so that the plan includes the row-level policy."""
         sql, source = product_list_sql(self.url, user_id)
-        with self.cursor() as cur:
+        with _autocommit(self.owner_url) as cur:
+            cur.execute("BEGIN")
+            cur.execute("SELECT set_config('app.user_id', %s, true)", (user_id,))
             cur.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql)
             plan = "\n".join(row[0] for row in cur.fetchall())
+            cur.execute("ROLLBACK")
         return f"-- {source}\n{sql}\n\n{plan}"
 
     def server_version(self) -> str:

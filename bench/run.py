@@ -82,6 +82,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="measure even when wrk's connections pile onto one worker (default: restart wrk "
         "until each worker holds at least 3/4 of its share)",
     )
+    p.add_argument(
+        "--product-role",
+        choices=("owner", "superuser"),
+        default="owner",
+        help="the product's database role: the tables' owner, bound by row-level security as "
+        "in production (default), or the server's superuser, which skips it (to compare with "
+        "a product that predates the policy)",
+    )
     p.add_argument("--keep-db", action="store_true", help="do not drop the database at the end")
     p.add_argument("--results", type=Path, default=BENCH_DIR / "results")
     p.add_argument(
@@ -147,12 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     failed, created = True, False
     try:
         print(f"bench: database {db.name}; server logs in {log_dir}", flush=True)
+        created = True  # from the first step: a failed create leaves its role to drop
         db.create()
-        created = True
         db.migrate(venv_bin / "todo-api")
         db.seed()
         keys = Keys()
         session = Session(db, keys, venv_bin, log_dir, args.duration, args.warmup, args.wrk_threads)
+        session.product_url = db.owner_url if args.product_role == "owner" else db.url
         session.balance = not args.no_balance
         info = machine.describe(BENCH_DIR.parent, wrk, db.server_version())
         if info["sched_autogroup"]:
