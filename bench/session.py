@@ -29,7 +29,7 @@ class Session:
     warmup: int
     wrk_threads: int
     balance: bool = True
-    product_url: str = ""  # the product's database URL (run.py picks its role); "": db.url
+    product_url: str = ""  # the product's database URL: run.py picks its role
     round: int = 1  # of --rounds: the report takes the median over rounds
     apps: dict[str, App] = field(default_factory=dict)
     runs: list[dict[str, Any]] = field(default_factory=list)
@@ -54,11 +54,10 @@ class Session:
                 self.stop(other)
         if current is None:
             print(f"  starting {label} with {workers} worker(s)", flush=True)
-            url = self.product_url or self.db.url
             current = start_app(
                 kind,
                 venv_bin=self.venv_bin,
-                database_url=url if kind == "product" else self.db.url,
+                database_url=self.product_url if kind == "product" else self.db.url,
                 keys=self.keys,
                 workers=workers,
                 log_dir=self.log_dir,
