@@ -3,7 +3,7 @@
 // It shares the API's PostgreSQL database. Every table is created by the API's Alembic
 // migrations (`todo-api migrate`), never by Better Auth's own migrate command, so the names
 // below must match backend/todo_api/auth_schema.py and backend/todo_api/tasks/models.py
-// column for column; tests/test_better_auth.py asks Better Auth's migration planner to
+// column for column; tests/e2e/test_better_auth.py asks Better Auth's migration planner to
 // confirm that they do.
 import { betterAuth } from "better-auth";
 import { jwt } from "better-auth/plugins";
