@@ -167,6 +167,10 @@ class ServerSettings(BaseSettings):
     web_concurrency: int = Field(default=2, ge=1, le=64)
     gunicorn_timeout: int = Field(default=30, ge=1)
     graceful_timeout: int = Field(default=20, ge=1)  # below Kubernetes' 30 s grace period
+    # On SIGTERM: /readyz answers 503 while requests are still served, for this long, before the
+    # listeners close (todo_api/drain.py); longer than a load balancer takes to notice (README,
+    # Releases). A stop takes up to this plus GRACEFUL_TIMEOUT.
+    shutdown_drain_seconds: float = Field(default=5.0, ge=0, le=300)
     keepalive: int = Field(default=75, ge=1)  # above a load balancer's 60 s idle timeout
     # No recycling by default: a worker's RSS stays flat (98.3 -> 98.8 MiB over 100k requests,
     # errors included); recycling, when set, loses no request (protocol.py) but costs a restart.
