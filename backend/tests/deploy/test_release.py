@@ -7,7 +7,6 @@ a throwaway PostgreSQL database; free ports on loopback, every process stopped b
 
 import os
 import signal
-import statistics
 import subprocess
 import time
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from tests.support.release_stack import (
     Instance,
     Load,
     haproxy_binary,
-    p99,
+    latency_summary,
     running_haproxy,
     start_instance,
     stop_for_release,
@@ -186,14 +185,11 @@ class TestRollingRestart:
                 stop_process(instance.process)
 
         during = load.between(roll_start, roll_end)
-        latencies = [latency for _, latency, _ in during]
         print(
             f"\nrolling restart ({'HAProxy retries ' + str(retries) if retries else 'no retries'}):"
-            f" {len(load.samples)} requests, {len(during)} during {rounds} rounds"
-            f" ({roll_end - roll_start:.1f}s), {len(load.failures)} failed,"
-            f" p50 {statistics.median(latencies) * 1000:.0f} ms,"
-            f" p99 {p99(during) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms,"
-            f" {len(load.acknowledged)} acknowledged creates"
+            f" {len(load.samples)} requests in all, {len(load.failures)} failed,"
+            f" {len(load.acknowledged)} acknowledged creates; during the {rounds} round(s)"
+            f" ({roll_end - roll_start:.1f}s): {latency_summary(during)}"
         )
         assert len(during) > 200, "too little load to prove anything"
         assert load.failures == [], load.failures[:10]

@@ -9,6 +9,7 @@ import io
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -258,6 +259,19 @@ class Load:
 def p99(samples: list[tuple[float, float, bool]]) -> float:
     latencies = sorted(latency for _, latency, _ in samples)
     return latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else 0.0
+
+
+def longest(samples: list[tuple[float, float, bool]]) -> float:
+    return max((latency for _, latency, _ in samples), default=0.0)
+
+
+def latency_summary(samples: list[tuple[float, float, bool]]) -> str:
+    """`N requests, p50 .. ms, p99 .. ms, max .. ms` of these samples."""
+    middle = statistics.median(latency for _, latency, _ in samples) if samples else 0.0
+    return (
+        f"{len(samples)} requests, p50 {middle * 1000:.0f} ms,"
+        f" p99 {p99(samples) * 1000:.0f} ms, max {longest(samples) * 1000:.0f} ms"
+    )
 
 
 def stop_for_release(instance: Instance, timeout: float) -> int:
