@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     migrate_on_start: bool = True
     migration_lock_timeout_seconds: float = Field(default=60.0, gt=0, le=MAX_TIMEOUT_SECONDS)
     migration_statement_timeout_seconds: float = Field(default=300.0, gt=0, le=MAX_TIMEOUT_SECONDS)
+    # How long one migration statement may wait for a table lock (todo_api/migrations/env.py):
+    # every request on that table queues behind the waiting statement, so this bounds the stall
+    # a release causes; on a timeout the migrations are rolled back and tried again.
+    migration_ddl_lock_timeout_seconds: float = Field(default=2.0, gt=0, le=MAX_TIMEOUT_SECONDS)
+    migration_ddl_attempts: int = Field(default=10, ge=1, le=100)
 
     # Authentication
     better_auth_secret: str | None = None
