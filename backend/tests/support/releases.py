@@ -20,10 +20,16 @@ PLUGIN = Path(__file__).with_name("head_schema_plugin.py")
 
 
 def git(*args: str) -> str:
-    done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+    return git_bytes(*args).decode().strip()
+
+
+def git_bytes(*args: str) -> bytes:
+    # A checkout owned by another user (a CI container) is still this repository.
+    command = ["git", "-c", f"safe.directory={REPO}", *args]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, timeout=60)
     if done.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)}: {done.stderr.strip()}")
-    return done.stdout.strip()
+        raise RuntimeError(f"git {' '.join(args)}: {done.stderr.decode().strip()}")
+    return done.stdout
 
 
 def head_migration() -> tuple[str, str | None, Path]:
@@ -70,13 +76,7 @@ class Release:
 def unpack(commit: str, directory: Path) -> Release:
     """backend/ as it was at `commit`, with an interpreter for it: this virtualenv when its
     uv.lock is the same as this tree's (the usual case), else a new one synced from its lock."""
-    archive = subprocess.run(
-        ["git", "archive", "--format=tar", commit, "backend"],
-        cwd=REPO,
-        capture_output=True,
-        check=True,
-        timeout=60,
-    ).stdout
+    archive = git_bytes("archive", "--format=tar", commit, "backend")
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(directory, filter="data")
     backend = directory / "backend"
