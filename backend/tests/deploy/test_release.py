@@ -5,9 +5,11 @@ Real parts only: `todo-api serve` processes, Debian's haproxy with deploy/haprox
 a throwaway PostgreSQL database; free ports on loopback, every process stopped by its PID.
 """
 
+import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,14 @@ import pytest
 import sqlalchemy as sa
 from gunicorn.arbiter import Arbiter
 
-from tests.support import PostgresServer, as_app_role, auth, settings_for, stop_process
+from tests.support import (
+    PostgresServer,
+    as_app_role,
+    auth,
+    random_user,
+    settings_for,
+    stop_process,
+)
 from tests.support.deploy_files import (
     compose_environment,
     compose_services,
@@ -36,6 +45,7 @@ from tests.support.release_stack import (
     start_instance,
     stop_for_release,
 )
+from tests.support.retries import writes_held
 from todo_api.config import ServerSettings
 from todo_api.db import normalise_url
 from todo_api.migrate import migrate
@@ -112,6 +122,42 @@ class TestDrain:
             assert time.monotonic() - sent < 5
         finally:
             stop_process(instance.process)
+
+    def test_graceful_timeout_still_bounds_the_stop_after_the_drain(
+        self, database, admin_database, tmp_path
+    ):
+        # A request stuck on a row lock (no statement deadline) outlives GRACEFUL_TIMEOUT.
+        instance = serve(
+            database,
+            tmp_path,
+            SHUTDOWN_DRAIN_SECONDS="1",
+            GRACEFUL_TIMEOUT="2",
+            DB_STATEMENT_TIMEOUT_SECONDS="0",
+            DB_CLIENT_TIMEOUT_SECONDS="0",
+        )
+        owner = random_user()
+        admin = sa.create_engine(normalise_url(admin_database))
+        try:
+            with httpx.Client(base_url=instance.url, headers=auth(owner), timeout=30) as client:
+                assert client.post(f"/api/{owner}/tasks", json={"title": "t"}).status_code == 201
+                with writes_held(admin, owner):
+                    stuck = threading.Thread(target=self._post_quietly, args=(client, owner))
+                    stuck.start()
+                    time.sleep(0.5)
+                    signalled = time.monotonic()
+                    instance.process.send_signal(signal.SIGTERM)
+                    instance.process.wait(timeout=20)
+                    took = time.monotonic() - signalled
+                stuck.join(timeout=10)
+            assert 1 + 2 <= took < 1 + 2 + 3, f"stopped {took:.1f}s after SIGTERM"
+        finally:
+            stop_process(instance.process)
+            admin.dispose()
+
+    @staticmethod
+    def _post_quietly(client: httpx.Client, owner: str) -> None:
+        with contextlib.suppress(httpx.TransportError):
+            client.post(f"/api/{owner}/tasks", json={"title": "stuck"})
 
     def test_no_drain_when_it_is_set_to_zero(self, database, tmp_path):
         instance = serve(database, tmp_path, SHUTDOWN_DRAIN_SECONDS="0")
