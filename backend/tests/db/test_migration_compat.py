@@ -104,7 +104,9 @@ def test_the_newest_migration_under_write_load_stalls_no_request_past_the_bound(
     release: Release, before_newest: tuple[str, str], tmp_path: Path
 ) -> None:
     app_url, admin_url = before_newest
-    instance = start_instance(app_url, tmp_path, code=release.backend, WEB_CONCURRENCY="2")
+    instance = start_instance(
+        app_url, tmp_path, code=release.backend, python=release.python, WEB_CONCURRENCY="2"
+    )
     admin = sa.create_engine(normalise_url(admin_url))
     try:
         load = Load(instance.url, clients=6)

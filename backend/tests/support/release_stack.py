@@ -49,10 +49,11 @@ def start_instance(
     *,
     port: int | None = None,
     code: Path | None = None,
+    python: str = sys.executable,
     **env: str,
 ) -> Instance:
     """`todo-api serve` on `port`, ready (/readyz 200) when returned. `code`: another release's
-    backend directory, run with this virtualenv (its dependencies must be the same)."""
+    backend directory, run by `python` (an interpreter with that release's dependencies)."""
     port = port or free_port()
     directory.mkdir(parents=True, exist_ok=True)
     name = f"serve-{port}-{uuid.uuid4().hex[:6]}"
@@ -71,7 +72,7 @@ def start_instance(
     command = [str(BIN / "todo-api"), "serve"]
     if code is not None:
         environment["PYTHONPATH"] = str(code)
-        command = [sys.executable, "-m", "todo_api.cli", "serve"]
+        command = [python, "-m", "todo_api.cli", "serve"]
     log = directory / f"{name}.log"
     with log.open("wb") as out:
         # Its own process group, as under a terminal or a container runtime.
