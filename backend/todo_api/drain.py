@@ -7,7 +7,7 @@ Gunicorn's own arbiter closes the listeners as soon as SIGTERM arrives, so the d
 the master: a small Arbiter subclass. The workers learn that the master drains through a flag
 file that only /readyz looks at (one stat per probe, nothing on other routes).
 
-Every Gunicorn internal this relies on is named in this module (tests/test_release.py fails
+Every Gunicorn internal this relies on is named in this module (tests/deploy/test_release.py fails
 loudly when an upgrade changes one): Arbiter.handle_term, Arbiter.manage_workers (called by the
 main loop after every wake-up) and Arbiter.wakeup.
 """
@@ -78,7 +78,7 @@ class DrainingArbiter(Arbiter):  # type: ignore[misc]
         self.drain_deadline = time.monotonic() + self.drain_seconds
         self.log.info(
             "Draining for %gs: /readyz answers 503 and requests are still served "
-            "(SIGTERM again or SIGINT to stop now)",
+            "(SIGTERM again, or Ctrl-C, to stop now)",
             self.drain_seconds,
         )
         # The main loop sleeps up to a second between wake-ups: end the drain on time.
