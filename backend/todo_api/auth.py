@@ -30,6 +30,11 @@ USER_ID_MAX = 255
 # session token as `sid`. A cookie is not a bearer token, wherever it was copied from.
 SESSION_CACHE_TYPE = "better-auth.session-cache+jwt"
 SESSION_CACHE_AUDIENCE = "better-auth:session-cache"
+# A NumericDate (RFC 7519 §2) is a JSON number of seconds. PyJWT checks `exp`, `nbf` and `iat`
+# through int(), which takes true, "123" and 10**400 (that one then overflows a float): each
+# is checked again here, and a time before 1970 or after the year 9999 is no token's.
+NUMERIC_DATE_CLAIMS = ("exp", "nbf", "iat")
+LATEST_NUMERIC_DATE = 253402300799  # 9999-12-31T23:59:59Z
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +267,13 @@ def _session_cache_error() -> AuthError:
 
 
 def _claims(payload: dict[str, Any]) -> Claims:
+    for name in NUMERIC_DATE_CLAIMS:
+        if name in payload:
+            value = payload[name]
+            # type(), not isinstance(): a bool is an int to Python, not a number to JSON.
+            # NaN fails both comparisons; infinities fail one.
+            if type(value) not in (int, float) or not 0 <= value <= LATEST_NUMERIC_DATE:
+                raise AuthError("malformed", f"Token '{name}' claim is not a valid time")
     sub = payload["sub"]
     # A user id becomes a path segment: "/", "." and ".." could never address their own tasks.
     if (

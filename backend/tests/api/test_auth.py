@@ -492,3 +492,94 @@ class TestSessionCacheTokens:
 
     def test_an_ordinary_token_is_still_accepted_where_no_audience_is_pinned(self, unpinned, jwks):
         assert unpinned.get(URL, headers=bearer(jwks.sign("alice"))).status_code == 200
+
+
+def eddsa_signed(key: SigningKey, payload: dict | bytes, header: dict) -> str:
+    """An EdDSA token signed by hand: any header, any payload bytes (PyJWT would rewrite them)."""
+    signing_input = f"{_part({'alg': 'EdDSA', 'kid': key.kid, **header})}.{_part(payload)}"
+    return f"{signing_input}.{_part(key.private.sign(signing_input.encode()))}"
+
+
+@pytest.fixture(scope="module")
+def both(sqlite_url, jwks):
+    """HS256 and JWKS both configured; auth refuses before any database work, so SQLite serves."""
+    with running_app(settings_for(sqlite_url, better_auth_url=jwks.base_url)) as client:
+        yield client
+
+
+@pytest.fixture(params=["HS256", "EdDSA"])
+def sign(request, jwks):
+    """A validly signed token (HS256, or EdDSA with a key of the JWKS) for alice, from a header
+    and claims given as raw JSON text: JSON can spell numbers that no Python value dumps to."""
+
+    def signed(header: dict | None = None, **raw: str) -> str:
+        now = int(time.time())
+        values = {
+            "sub": '"alice"',
+            "iss": json.dumps(jwks.base_url),
+            "aud": json.dumps(jwks.base_url),
+            "iat": str(now),
+            "exp": str(now + 600),
+            "jti": json.dumps(jti()),
+            **raw,
+        }
+        payload = ("{" + ", ".join(f'"{k}": {v}' for k, v in values.items()) + "}").encode()
+        if request.param == "HS256":
+            return hmac_signed(SECRET.encode(), payload, header or {})
+        return eddsa_signed(jwks.keys[0], payload, header or {})
+
+    return signed
+
+
+NUMERIC_DATE_EDGES = [
+    "1" + "0" * 400,  # PyJWT's int() takes it; float() overflows
+    "-1" + "0" * 400,
+    "1" + "0" * 5000,  # beyond Python's digit limit for int parsing
+    "1e400",  # Python's json reads it as inf
+    "-1e400",
+    "1.7976931348623157e308",
+    "Infinity",
+    "-Infinity",
+    "NaN",
+    "253402300800",  # the first second of the year 10000
+    "-1",
+    "-0.5",
+    "true",
+    "false",
+    "null",
+    '"1"',
+    f'"{int(time.time()) + 600}"',  # a number in a string: PyJWT's int() would take it
+    '"+1e3"',
+    "[]",
+    "{}",
+]
+
+
+class TestNumericDates:
+    """`exp`, `nbf` and `iat` are NumericDates (RFC 7519 §2): a JSON number of seconds. Any
+    other value, or one before 1970 or after the year 9999, is refused with 401, never a 500."""
+
+    @pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+    def test_edge_cases_are_401(self, both, sign, claim):
+        wrong = {}
+        for value in NUMERIC_DATE_EDGES:
+            response = both.get(URL, headers=bearer(sign(**{claim: value})))
+            if response.status_code != 401 or response.headers.get("www-authenticate") != "Bearer":
+                wrong[value[:30]] = response.status_code
+        assert wrong == {}
+
+    @pytest.mark.parametrize(
+        "claims",
+        [
+            {"exp": "{soon}.25"},
+            {"exp": "1e10"},  # the year 2286
+            {"nbf": "0", "iat": "0.0"},
+            {"nbf": "{now}.5", "iat": "{now}.999"},
+            {"exp": "253402300799"},  # the last second of the year 9999
+        ],
+    )
+    def test_fractions_and_distant_dates_in_range_are_accepted(self, both, sign, claims):
+        now = int(time.time())
+        raw = {name: text.format(now=now - 1, soon=now + 600) for name, text in claims.items()}
+        response = both.get(URL, headers=bearer(sign(**raw)))
+        assert response.status_code == 200, response.text
