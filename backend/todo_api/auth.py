@@ -30,6 +30,11 @@ USER_ID_MAX = 255
 # session token as `sid`. A cookie is not a bearer token, wherever it was copied from.
 SESSION_CACHE_TYPE = "better-auth.session-cache+jwt"
 SESSION_CACHE_AUDIENCE = "better-auth:session-cache"
+# Explicit typing (RFC 8725 §3.11): Better Auth signs other JWTs with the same keys, each with a
+# `typ` of its own (`logout+jwt`, ...). An access token has no `typ`, `JWT`, or `at+jwt` (RFC
+# 9068); a `typ` is a media type, so compared case-insensitively and with the `application/`
+# prefix optional (RFC 7515 §4.1.9).
+ACCESS_TOKEN_TYPES = frozenset({"jwt", "at+jwt"})
 # A NumericDate (RFC 7519 §2) is a JSON number of seconds. PyJWT checks `exp`, `nbf` and `iat`
 # through int(), which takes true, "123" and 10**400 (that one then overflows a float): each
 # is checked again here, and a time before 1970 or after the year 9999 is no token's.
@@ -247,9 +252,19 @@ def _unverified_header(token: str) -> tuple[str, str | None]:
     alg, kid = header.get("alg"), header.get("kid")
     if not isinstance(alg, str):
         raise AuthError("malformed", "Token is malformed")
-    if header.get("typ") == SESSION_CACHE_TYPE:
-        raise _session_cache_error()
+    if "typ" in header:
+        _check_type(header["typ"])
     return alg, kid if isinstance(kid, str) else None
+
+
+def _check_type(typ: object) -> None:
+    """Explicit typing (RFC 8725 §3.11): only an access token's `typ` is accepted."""
+    media_type = typ.lower().removeprefix("application/") if isinstance(typ, str) else None
+    if media_type in ACCESS_TOKEN_TYPES:
+        return
+    if media_type == SESSION_CACHE_TYPE:
+        raise _session_cache_error()
+    raise AuthError("wrong_type", "Token type is not an access token's: expected JWT or at+jwt")
 
 
 def _is_session_cache_audience(aud: object) -> bool:

@@ -583,3 +583,49 @@ class TestNumericDates:
         raw = {name: text.format(now=now - 1, soon=now + 600) for name, text in claims.items()}
         response = both.get(URL, headers=bearer(sign(**raw)))
         assert response.status_code == 200, response.text
+
+
+class TestExplicitTyping:
+    """RFC 8725 §3.11: an access token is untyped, `JWT` or `at+jwt` (RFC 9068); a media type
+    is case-insensitive and may drop its `application/` prefix (RFC 7515 §4.1.9). Better Auth
+    signs other JWTs with the same keys, each with its own `typ`: none of those is accepted."""
+
+    def test_a_token_without_typ_is_accepted(self, both, sign):
+        assert both.get(URL, headers=bearer(sign({}))).status_code == 200
+
+    @pytest.mark.parametrize(
+        "typ", ["JWT", "jwt", "Jwt", "at+jwt", "AT+JWT", "application/jwt", "Application/AT+JWT"]
+    )
+    def test_access_token_types_are_accepted(self, both, sign, typ):
+        response = both.get(URL, headers=bearer(sign({"typ": typ})))
+        assert response.status_code == 200, response.text
+
+    @pytest.mark.parametrize(
+        "typ",
+        [
+            "logout+jwt",
+            "secevent+jwt",
+            "application/logout+jwt",
+            "id+jwt",
+            "JOSE",
+            "JOSE+JSON",
+            "JWS",
+            "at+jwt ",
+            " JWT",
+            "application/",
+            "",
+            None,
+            42,
+            True,
+            ["JWT"],
+            {"JWT": 1},
+        ],
+    )
+    def test_other_types_are_401(self, both, sign, typ):
+        assert_401(both.get(URL, headers=bearer(sign({"typ": typ}))), "type")
+        metrics = both.get("/metrics").text
+        assert 'todo_auth_failures_total{reason="wrong_type"}' in metrics
+
+    def test_a_session_cache_type_keeps_its_own_reason(self, both, sign):
+        token = sign({"typ": "Better-Auth.Session-Cache+JWT"})
+        assert_401(both.get(URL, headers=bearer(token)), "session-cache")
