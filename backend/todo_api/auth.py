@@ -71,19 +71,19 @@ class JwksKeys:
     PyJWKClient would refetch on every unknown `kid`, which lets forged tokens drive a fetch storm,
     and it forgets its keys when a refetch fails; this keeps the last good set and rate-limits.
     After a successful fetch the next one waits `min_refresh` seconds (a forged `kid` cannot
-    cause more); after a failed one it waits only `retry` seconds, doubling with each further
-    failure up to `min_refresh`, so that the keys are back within seconds of the JWKS.
+    cause more); after a failed one it waits only `retry` seconds, however many failed before,
+    so that the keys are back within `retry` seconds of the JWKS whatever the outage was like.
+    (A backoff that grew with each failure made a long outage a slow recovery.)
     """
 
     def __init__(
-        self, url: str, *, ttl: float, min_refresh: float, timeout: float, retry: float = 1.0
+        self, url: str, *, ttl: float, min_refresh: float, timeout: float, retry: float = 2.0
     ) -> None:
         self._url = url
         self._ttl = ttl
         self._min_refresh = min_refresh
         self._timeout = timeout
-        self._first_retry = min(retry, min_refresh)
-        self._retry = self._first_retry
+        self._retry = min(retry, min_refresh)
         self._lock = threading.Lock()
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at = -math.inf
@@ -120,12 +120,10 @@ class JwksKeys:
                 self._last_fetch_failed = True
                 # From the end of the attempt: a fetch that timed out must not be retried at once.
                 self._next_attempt_at = time.monotonic() + self._retry
-                self._retry = min(self._retry * 2, self._min_refresh)
             else:
                 self._fetched_at = now
                 self._last_fetch_failed = False
                 self._next_attempt_at = now + self._min_refresh
-                self._retry = self._first_retry
         key = self._keys.get(kid)
         if key is not None:
             return key
