@@ -334,64 +334,64 @@ def wait_for_status(client, token: str, status: int, *, within: float) -> float:
     return time.monotonic() - started
 
 
+def refused_with_503_until(client, token: str, done, *, within: float = 30) -> None:
+    """Sends `token` (whose key is not cached) while the JWKS is down, until `done()`."""
+    gives_up = time.monotonic() + within
+    while not done():
+        response = client.get(URL, headers=bearer(token))
+        assert response.status_code == 503, response.text
+        assert time.monotonic() < gives_up, f"not done after {within} s"
+        time.sleep(0.05)
+
+
 class TestJwksOutageRecovery:
     """A failed fetch is retried after 2 s, however many failed before; a healthy JWKS is still
     fetched at most once per interval, however many kids are forged."""
 
-    def test_tokens_are_accepted_within_seconds_of_the_jwks_coming_back(self, sqlite_url, own_jwks):
+    @pytest.fixture
+    def interval_30(self, sqlite_url, own_jwks):
         settings = settings_for(
             sqlite_url, better_auth_url=own_jwks.base_url, jwks_min_refresh_seconds=30
         )
-        own_jwks.up = False
         with running_app(settings) as client:
-            token = own_jwks.sign("alice")
-            outage_ends = time.monotonic() + 2.5
-            while time.monotonic() < outage_ends:
-                response = client.get(URL, headers=bearer(token))
-                assert response.status_code == 503, response.text
-                time.sleep(0.05)
-            # About 50 requests in the outage; the retry interval (2 s) let only a few through.
-            assert 1 <= own_jwks.fetches <= 3
-            own_jwks.up = True
-            assert wait_for_status(client, token, 200, within=30) < 5
+            yield client
 
-    def test_recovery_is_as_quick_after_many_failed_fetches(self, sqlite_url, own_jwks):
-        settings = settings_for(
-            sqlite_url, better_auth_url=own_jwks.base_url, jwks_min_refresh_seconds=30
-        )
+    def test_tokens_are_accepted_within_seconds_of_the_jwks_coming_back(
+        self, interval_30, own_jwks
+    ):
         own_jwks.up = False
-        with running_app(settings) as client:
-            token = own_jwks.sign("alice")
-            gives_up = time.monotonic() + 30
-            while own_jwks.fetches < 4:
-                response = client.get(URL, headers=bearer(token))
-                assert response.status_code == 503, response.text
-                assert time.monotonic() < gives_up, f"{own_jwks.fetches} fetches in 30 s"
-                time.sleep(0.05)
-            # Back just after the fourth failed fetch: the whole wait before the next lies ahead
-            # (it was 8 s here, and up to JWKS_MIN_REFRESH_SECONDS after more failures).
-            own_jwks.up = True
-            assert wait_for_status(client, token, 200, within=60) < 4
-            # Healthy again, so at most one fetch per interval again, however many kids are forged.
-            fetches = own_jwks.fetches
-            for i in range(20):
-                forged = SigningKey(kid=f"forged-{i}").sign("alice", own_jwks.base_url)
-                assert_401(client.get(URL, headers=bearer(forged)), "key")
-            assert own_jwks.fetches == fetches
+        token = own_jwks.sign("alice")
+        outage_ends = time.monotonic() + 2.5
+        refused_with_503_until(interval_30, token, lambda: time.monotonic() >= outage_ends)
+        # About 50 requests in the outage; the retry interval (2 s) let only a few through.
+        assert 1 <= own_jwks.fetches <= 3
+        own_jwks.up = True
+        assert wait_for_status(interval_30, token, 200, within=30) < 5
+
+    def test_recovery_is_as_quick_after_many_failed_fetches(self, interval_30, own_jwks):
+        own_jwks.up = False
+        token = own_jwks.sign("alice")
+        refused_with_503_until(interval_30, token, lambda: own_jwks.fetches >= 4)
+        # Back just after the fourth failed fetch: the whole wait before the next lies ahead
+        # (it was 8 s here, and up to JWKS_MIN_REFRESH_SECONDS after more failures).
+        own_jwks.up = True
+        assert wait_for_status(interval_30, token, 200, within=60) < 4
+        # Healthy again, so at most one fetch per interval again, however many kids are forged.
+        fetches = own_jwks.fetches
+        for i in range(20):
+            forged = SigningKey(kid=f"forged-{i}").sign("alice", own_jwks.base_url)
+            assert_401(interval_30.get(URL, headers=bearer(forged)), "key")
+        assert own_jwks.fetches == fetches
 
     def test_forged_kids_against_a_healthy_jwks_cause_no_fetch_within_the_interval(
-        self, sqlite_url, own_jwks
+        self, interval_30, own_jwks
     ):
-        settings = settings_for(
-            sqlite_url, better_auth_url=own_jwks.base_url, jwks_min_refresh_seconds=30
-        )
-        with running_app(settings) as client:
-            assert client.get(URL, headers=bearer(own_jwks.sign("alice"))).status_code == 200
-            assert own_jwks.fetches == 1
-            for i in range(50):
-                token = SigningKey(kid=f"forged-{i}").sign("alice", own_jwks.base_url)
-                assert_401(client.get(URL, headers=bearer(token)), "key")
-            assert own_jwks.fetches == 1
+        assert interval_30.get(URL, headers=bearer(own_jwks.sign("alice"))).status_code == 200
+        assert own_jwks.fetches == 1
+        for i in range(50):
+            token = SigningKey(kid=f"forged-{i}").sign("alice", own_jwks.base_url)
+            assert_401(interval_30.get(URL, headers=bearer(token)), "key")
+        assert own_jwks.fetches == 1
 
     def test_a_forged_kid_flood_fetches_at_most_once_per_interval(self, sqlite_url, own_jwks):
         interval = 2
