@@ -334,40 +334,64 @@ def wait_for_status(client, token: str, status: int, *, within: float) -> float:
     return time.monotonic() - started
 
 
-class TestJwksOutageRecovery:
-    """A failed fetch is retried after about a second, doubling up to JWKS_MIN_REFRESH_SECONDS;
-    a healthy JWKS is still fetched at most once per interval, however many kids are forged."""
+def refused_with_503_until(client, token: str, done, *, within: float = 30) -> None:
+    """Sends `token` (whose key is not cached) while the JWKS is down, until `done()`."""
+    gives_up = time.monotonic() + within
+    while not done():
+        response = client.get(URL, headers=bearer(token))
+        assert response.status_code == 503, response.text
+        assert time.monotonic() < gives_up, f"not done after {within} s"
+        time.sleep(0.05)
 
-    def test_tokens_are_accepted_within_seconds_of_the_jwks_coming_back(self, sqlite_url, own_jwks):
+
+class TestJwksOutageRecovery:
+    """A failed fetch is retried after 2 s, however many failed before; a healthy JWKS is still
+    fetched at most once per interval, however many kids are forged."""
+
+    @pytest.fixture
+    def interval_30(self, sqlite_url, own_jwks):
         settings = settings_for(
             sqlite_url, better_auth_url=own_jwks.base_url, jwks_min_refresh_seconds=30
         )
-        own_jwks.up = False
         with running_app(settings) as client:
-            token = own_jwks.sign("alice")
-            outage_ends = time.monotonic() + 2.5
-            while time.monotonic() < outage_ends:
-                response = client.get(URL, headers=bearer(token))
-                assert response.status_code == 503, response.text
-                time.sleep(0.05)
-            # About 50 requests in the outage; the backoff (0, 1, 3 s) let only a few through.
-            assert 1 <= own_jwks.fetches <= 3
-            own_jwks.up = True
-            assert wait_for_status(client, token, 200, within=30) < 5
+            yield client
+
+    def test_tokens_are_accepted_within_seconds_of_the_jwks_coming_back(
+        self, interval_30, own_jwks
+    ):
+        own_jwks.up = False
+        token = own_jwks.sign("alice")
+        outage_ends = time.monotonic() + 2.5
+        refused_with_503_until(interval_30, token, lambda: time.monotonic() >= outage_ends)
+        # About 50 requests in the outage; the retry interval (2 s) let only a few through.
+        assert 1 <= own_jwks.fetches <= 3
+        own_jwks.up = True
+        assert wait_for_status(interval_30, token, 200, within=30) < 5
+
+    def test_recovery_is_as_quick_after_many_failed_fetches(self, interval_30, own_jwks):
+        own_jwks.up = False
+        token = own_jwks.sign("alice")
+        refused_with_503_until(interval_30, token, lambda: own_jwks.fetches >= 4)
+        # Back just after the fourth failed fetch: the whole wait before the next lies ahead
+        # (it was 8 s here, and up to JWKS_MIN_REFRESH_SECONDS after more failures).
+        own_jwks.up = True
+        assert wait_for_status(interval_30, token, 200, within=60) < 4
+        # Healthy again, so at most one fetch per interval again, however many kids are forged.
+        fetches = own_jwks.fetches
+        for i in range(20):
+            forged = SigningKey(kid=f"forged-{i}").sign("alice", own_jwks.base_url)
+            assert_401(interval_30.get(URL, headers=bearer(forged)), "key")
+        assert own_jwks.fetches == fetches
 
     def test_forged_kids_against_a_healthy_jwks_cause_no_fetch_within_the_interval(
-        self, sqlite_url, own_jwks
+        self, interval_30, own_jwks
     ):
-        settings = settings_for(
-            sqlite_url, better_auth_url=own_jwks.base_url, jwks_min_refresh_seconds=30
-        )
-        with running_app(settings) as client:
-            assert client.get(URL, headers=bearer(own_jwks.sign("alice"))).status_code == 200
-            assert own_jwks.fetches == 1
-            for i in range(50):
-                token = SigningKey(kid=f"forged-{i}").sign("alice", own_jwks.base_url)
-                assert_401(client.get(URL, headers=bearer(token)), "key")
-            assert own_jwks.fetches == 1
+        assert interval_30.get(URL, headers=bearer(own_jwks.sign("alice"))).status_code == 200
+        assert own_jwks.fetches == 1
+        for i in range(50):
+            token = SigningKey(kid=f"forged-{i}").sign("alice", own_jwks.base_url)
+            assert_401(interval_30.get(URL, headers=bearer(token)), "key")
+        assert own_jwks.fetches == 1
 
     def test_a_forged_kid_flood_fetches_at_most_once_per_interval(self, sqlite_url, own_jwks):
         interval = 2
@@ -492,3 +516,140 @@ class TestSessionCacheTokens:
 
     def test_an_ordinary_token_is_still_accepted_where_no_audience_is_pinned(self, unpinned, jwks):
         assert unpinned.get(URL, headers=bearer(jwks.sign("alice"))).status_code == 200
+
+
+def eddsa_signed(key: SigningKey, payload: dict | bytes, header: dict) -> str:
+    """An EdDSA token signed by hand: any header, any payload bytes (PyJWT would rewrite them)."""
+    signing_input = f"{_part({'alg': 'EdDSA', 'kid': key.kid, **header})}.{_part(payload)}"
+    return f"{signing_input}.{_part(key.private.sign(signing_input.encode()))}"
+
+
+@pytest.fixture(scope="module")
+def both(sqlite_url, jwks):
+    """HS256 and JWKS both configured; auth refuses before any database work, so SQLite serves."""
+    with running_app(settings_for(sqlite_url, better_auth_url=jwks.base_url)) as client:
+        yield client
+
+
+@pytest.fixture(params=["HS256", "EdDSA"])
+def sign(request, jwks):
+    """A validly signed token (HS256, or EdDSA with a key of the JWKS) for alice, from a header
+    and claims given as raw JSON text: JSON can spell numbers that no Python value dumps to."""
+
+    def signed(header: dict | None = None, **raw: str) -> str:
+        now = int(time.time())
+        values = {
+            "sub": '"alice"',
+            "iss": json.dumps(jwks.base_url),
+            "aud": json.dumps(jwks.base_url),
+            "iat": str(now),
+            "exp": str(now + 600),
+            "jti": json.dumps(jti()),
+            **raw,
+        }
+        payload = ("{" + ", ".join(f'"{k}": {v}' for k, v in values.items()) + "}").encode()
+        if request.param == "HS256":
+            return hmac_signed(SECRET.encode(), payload, header or {})
+        return eddsa_signed(jwks.keys[0], payload, header or {})
+
+    return signed
+
+
+NUMERIC_DATE_EDGES = [
+    "1" + "0" * 400,  # PyJWT's int() takes it; float() overflows
+    "-1" + "0" * 400,
+    "1" + "0" * 5000,  # beyond Python's digit limit for int parsing
+    "1e400",  # Python's json reads it as inf
+    "-1e400",
+    "1.7976931348623157e308",
+    "Infinity",
+    "-Infinity",
+    "NaN",
+    "253402300800",  # the first second of the year 10000
+    "-1",
+    "-0.5",
+    "true",
+    "false",
+    "null",
+    '"1"',
+    f'"{int(time.time()) + 600}"',  # a number in a string: PyJWT's int() would take it
+    '"+1e3"',
+    "[]",
+    "{}",
+]
+
+
+class TestNumericDates:
+    """`exp`, `nbf` and `iat` are NumericDates (RFC 7519 §2): a JSON number of seconds. Any
+    other value, or one before 1970 or after the year 9999, is refused with 401, never a 500."""
+
+    @pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+    def test_edge_cases_are_401(self, both, sign, claim):
+        wrong = {}
+        for value in NUMERIC_DATE_EDGES:
+            response = both.get(URL, headers=bearer(sign(**{claim: value})))
+            if response.status_code != 401 or response.headers.get("www-authenticate") != "Bearer":
+                wrong[value[:30]] = response.status_code
+        assert wrong == {}
+
+    @pytest.mark.parametrize(
+        "claims",
+        [
+            {"exp": "{soon}.25"},
+            {"exp": "1e10"},  # the year 2286
+            {"nbf": "0", "iat": "0.0"},
+            {"nbf": "{now}.5", "iat": "{now}.999"},
+            {"exp": "253402300799"},  # the last second of the year 9999
+        ],
+    )
+    def test_fractions_and_distant_dates_in_range_are_accepted(self, both, sign, claims):
+        now = int(time.time())
+        raw = {name: text.format(now=now - 1, soon=now + 600) for name, text in claims.items()}
+        response = both.get(URL, headers=bearer(sign(**raw)))
+        assert response.status_code == 200, response.text
+
+
+class TestExplicitTyping:
+    """RFC 8725 §3.11: an access token is untyped, `JWT` or `at+jwt` (RFC 9068); a media type
+    is case-insensitive and may drop its `application/` prefix (RFC 7515 §4.1.9). Better Auth
+    signs other JWTs with the same keys, each with its own `typ`: none of those is accepted."""
+
+    def test_a_token_without_typ_is_accepted(self, both, sign):
+        assert both.get(URL, headers=bearer(sign({}))).status_code == 200
+
+    @pytest.mark.parametrize(
+        "typ", ["JWT", "jwt", "Jwt", "at+jwt", "AT+JWT", "application/jwt", "Application/AT+JWT"]
+    )
+    def test_access_token_types_are_accepted(self, both, sign, typ):
+        response = both.get(URL, headers=bearer(sign({"typ": typ})))
+        assert response.status_code == 200, response.text
+
+    @pytest.mark.parametrize(
+        "typ",
+        [
+            "logout+jwt",
+            "secevent+jwt",
+            "application/logout+jwt",
+            "id+jwt",
+            "JOSE",
+            "JOSE+JSON",
+            "JWS",
+            "at+jwt ",
+            " JWT",
+            "application/",
+            "",
+            None,
+            42,
+            True,
+            ["JWT"],
+            {"JWT": 1},
+        ],
+    )
+    def test_other_types_are_401(self, both, sign, typ):
+        assert_401(both.get(URL, headers=bearer(sign({"typ": typ}))), "type")
+        metrics = both.get("/metrics").text
+        assert 'todo_auth_failures_total{reason="wrong_type"}' in metrics
+
+    def test_a_session_cache_type_keeps_its_own_reason(self, both, sign):
+        token = sign({"typ": "Better-Auth.Session-Cache+JWT"})
+        assert_401(both.get(URL, headers=bearer(token)), "session-cache")

@@ -1,7 +1,10 @@
 """One schema for the API and the Better Auth companion: Better Auth's own migration planner finds
-nothing to change after `todo-api migrate`, and a user's deletion takes everything of theirs."""
+nothing to change after `todo-api migrate`, and a user's deletion takes everything of theirs. And
+the companion's sign-in limits: per client address, which forged headers do not change."""
 
-from collections.abc import Iterator
+import os
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -9,7 +12,14 @@ import pytest
 import sqlalchemy as sa
 
 from tests.support import bearer, running_app, settings_for
-from tests.support.better_auth_stack import Companion, schema_check
+from tests.support.better_auth_stack import (
+    COMPANION,
+    COMPANION_SECRET,
+    Companion,
+    client_from,
+    node,
+    schema_check,
+)
 from todo_api.db import normalise_url
 from todo_api.migrate import migrate
 
@@ -134,3 +144,110 @@ def test_sqlite_deletes_a_users_sessions_accounts_and_tasks_with_the_user(tmp_pa
             conn.execute(sa.text(statement))
     engine.dispose()
     assert counts(url, "u1") == {"tasks": 0, "sessions": 0, "accounts": 0}
+
+
+@pytest.fixture
+def production_companion(migrated_pg, tmp_path: Path) -> Iterator[Callable[..., Companion]]:
+    """Starts the companion as its image runs it (NODE_ENV=production: Better Auth rate-limits)
+    with the environment variables given, and signs up ada@example.com from an address no test
+    below uses."""
+    started: list[Companion] = []
+
+    def start(**env: str) -> Companion:
+        companion = Companion(migrated_pg, tmp_path / "companion.log", NODE_ENV="production", **env)
+        started.append(companion)
+        companion.start()
+        with client_from("127.0.0.9") as client:
+            companion.sign_up(client, "ada@example.com")
+        return companion
+
+    yield start
+    for companion in started:
+        companion.stop()
+
+
+WRONG = "not the password"
+
+
+@pytest.mark.slow
+class TestSignInRateLimit:
+    """Better Auth allows 3 sign-ins per 10 s per client address. The companion tells it the
+    address of the socket's peer, or, from a trusted proxy (TRUSTED_PROXIES), the nearest
+    address in X-Forwarded-For that is not a trusted proxy's."""
+
+    def test_one_clients_failures_do_not_lock_out_another(self, production_companion):
+        companion = production_companion()
+        with client_from("127.0.0.2") as attacker, client_from("127.0.0.3") as ada:
+            assert [companion.sign_in(attacker, "ada@example.com", WRONG) for _ in range(4)] == [
+                401,
+                401,
+                401,
+                429,
+            ]
+            assert companion.sign_in(ada, "ada@example.com") == 200
+        # What Better Auth says when it puts every client in one bucket.
+        assert "could not determine a client IP" not in companion.log()
+
+    def test_a_forged_x_forwarded_for_does_not_reset_the_limit(self, production_companion):
+        companion = production_companion()
+        with client_from("127.0.0.4") as attacker:
+            statuses = [
+                companion.sign_in(
+                    attacker, "ada@example.com", WRONG, **{"X-Forwarded-For": f"203.0.113.{i}"}
+                )
+                for i in range(1, 9)
+            ]
+        assert statuses == [401] * 3 + [429] * 5
+
+    def test_behind_trusted_proxies_each_forwarded_client_has_its_own_limit(
+        self, production_companion
+    ):
+        companion = production_companion(TRUSTED_PROXIES="127.0.0.5, 127.0.0.6/32")
+        with client_from("127.0.0.5") as proxy:
+            # Through two trusted proxies (127.0.0.6 appended the address 127.0.0.5 saw); what
+            # the client itself wrote on the left changes with each attempt and counts for nothing.
+            statuses = [
+                companion.sign_in(
+                    proxy,
+                    "ada@example.com",
+                    WRONG,
+                    **{"X-Forwarded-For": f"203.0.113.{i}, 198.51.100.1, 127.0.0.6"},
+                )
+                for i in range(1, 6)
+            ]
+            assert statuses == [401] * 3 + [429] * 2
+            ada = {"X-Forwarded-For": "198.51.100.2, 127.0.0.6"}
+            assert companion.sign_in(proxy, "ada@example.com", **ada) == 200
+
+    def test_a_client_that_bypasses_the_proxy_is_its_own_address(self, production_companion):
+        companion = production_companion(TRUSTED_PROXIES="127.0.0.5")
+        ada = {"X-Forwarded-For": "198.51.100.2"}
+        with client_from("127.0.0.7") as direct:
+            # It claims to be ada's address, and is refused as itself.
+            statuses = [
+                companion.sign_in(direct, "ada@example.com", WRONG, **ada) for _ in range(4)
+            ]
+            assert statuses == [401] * 3 + [429]
+        with client_from("127.0.0.5") as proxy:
+            assert companion.sign_in(proxy, "ada@example.com", **ada) == 200
+
+
+@pytest.mark.parametrize("proxies", ["*", "10.0.0.0/33", "proxy.internal", "10.0.0.1, 10.0.0"])
+def test_a_trusted_proxy_that_is_no_address_stops_the_start(proxies):
+    result = subprocess.run(
+        [node(), "server.mjs"],
+        cwd=COMPANION,
+        env={
+            "PATH": os.environ.get("PATH", ""),
+            "DATABASE_URL": "postgresql://127.0.0.1:1/never-reached",
+            "BETTER_AUTH_URL": "http://127.0.0.1:3001",
+            "BETTER_AUTH_SECRET": COMPANION_SECRET,
+            "TRUSTED_PROXIES": proxies,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "is not an IP address or CIDR range" in result.stderr

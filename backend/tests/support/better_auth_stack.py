@@ -148,11 +148,29 @@ class Companion:
         user_id: str = response.json()["user"]["id"]
         return user_id
 
+    def sign_in(
+        self, client: httpx.Client, email: str, password: str = PASSWORD, **headers: str
+    ) -> int:
+        """The status of a sign-in with email and password (429 once rate-limited)."""
+        response = client.post(
+            f"{self.url}/api/auth/sign-in/email",
+            json={"email": email, "password": password},
+            headers={"Origin": self.url, **headers},
+        )
+        assert response.status_code in (200, 401, 429), response.text
+        return response.status_code
+
     def token(self, client: httpx.Client) -> str:
         response = client.get(f"{self.url}/api/auth/token")
         assert response.status_code == 200, response.text
         token: str = response.json()["token"]
         return token
+
+
+def client_from(address: str) -> httpx.Client:
+    """A client whose connections come from `address` (any of 127.0.0.0/8 on Linux): to the
+    companion, another machine."""
+    return httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=30)
 
 
 @dataclass
