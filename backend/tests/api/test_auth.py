@@ -344,6 +344,7 @@ def refused_with_503_until(client, token: str, done, *, within: float = 30) -> N
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # seconds of a JWKS outage and its recovery: outside the fast tier
 class TestJwksOutageRecovery:
     """A failed fetch is retried after 2 s, however many failed before; a healthy JWKS is still
     fetched at most once per interval, however many kids are forged."""
