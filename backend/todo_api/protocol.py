@@ -2,11 +2,13 @@
 clean goodbye when the worker stops (shutdown.py).
 
 Uvicorn's httptools protocol has no limit on a request head and no timer while one is arriving,
-so a client could make a worker buffer tens of MiB, or hold a connection forever by sending a head
-slowly (or not at all). Its h11 protocol has a size limit, but costs five times as much CPU per
-request (70 µs against 13, the protocols alone with a trivial app). `RequestLimits` adds what is
-missing and little to the common path (about 1 µs per request, measured the same way): a
-comparison and a subtraction per read, and a timer only while a head is incomplete after a read.
+and its keep-alive timer is cancelled by any byte, even a CR/LF that begins no request (HTTP
+allows empty lines before a request line). So a client could make a worker buffer tens of MiB, or
+hold a connection forever by sending a head slowly (or not at all), or CR/LF now and then. Its
+h11 protocol has a size limit, but costs five times as much CPU per request (70 µs against 13,
+the protocols alone with a trivial app). `RequestLimits` adds what is missing and little to the
+common path (about 1 µs per request, measured the same way): a comparison and a subtraction per
+read, and a timer only while a head is incomplete after a read.
 """
 
 import asyncio
@@ -69,11 +71,17 @@ class RequestLimits(UvicornHttp):
         if len(data) >= room:
             self._data_at_limit(data)
             return
-        self._room = room - len(data)
+        self._room = room = room - len(data)
+        idle = self.idle_timer()
         super().data_received(data)
-        if self._in_head and self._deadline is None and not self._refused:
-            # The head is still incomplete: it has head_timeout from its first byte.
-            self._deadline = self.later(self.head_timeout, self._head_timed_out)
+        if self._deadline is None and not self._refused:
+            if self._in_head:
+                # The head is still incomplete: it has head_timeout from its first byte.
+                self._deadline = self.later(self.head_timeout, self._head_timed_out)
+            elif idle is not None and self._room == room and not self.closing():
+                # The read began no request (a message that did reset the room): only CR/LF,
+                # which Uvicorn takes as activity. Still idle, on the same deadline.
+                self.restore_idle_timer(idle)
 
     def _data_at_limit(self, data: bytes) -> None:
         """Feed the parser what the phase may still take; refuse if that does not end it."""

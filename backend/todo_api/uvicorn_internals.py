@@ -125,6 +125,15 @@ class UvicornHttp(HttpToolsProtocol):
 
     # The keep-alive timer: Uvicorn arms it after each response and cancels it on any byte read.
 
+    def idle_timer(self) -> asyncio.TimerHandle | None:
+        return self.timeout_keep_alive_task
+
+    def restore_idle_timer(self, timer: asyncio.TimerHandle) -> None:
+        """Re-arm a keep-alive timer that a read cancelled, with its deadline unchanged."""
+        self.timeout_keep_alive_task = self.loop.call_at(
+            timer.when(), self.timeout_keep_alive_handler
+        )
+
     def close_when_idle_after(self, seconds: float | None = None) -> None:
         """(Re-)arm the keep-alive timer: `seconds`, or KEEPALIVE."""
         self._unset_keepalive_if_required()
