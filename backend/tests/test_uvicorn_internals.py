@@ -73,6 +73,7 @@ def test_the_protocol_methods_keep_their_signatures() -> None:
         "_unset_keepalive_if_required": [],
         "on_response_complete": [],
         "shutdown": [],
+        "send_400_response": ["msg"],
         "_unsupported_upgrade_warning": [],
     }
     assert set(expected) == set(PROTOCOL_METHODS)
@@ -86,8 +87,11 @@ def test_the_request_cycle_has_every_attribute_used(connection: HttpToolsProtoco
     cycle = connection.cycle
     missing = [name for name in CYCLE_ATTRIBUTES if not hasattr(cycle, name)]
     assert not missing, f"Uvicorn's request cycle no longer has {missing}"
+    assert isinstance(cycle.message_event, asyncio.Event)
+    assert isinstance(cycle.scope["state"], dict)
     assert cycle.keep_alive is True
     assert (cycle.response_started, cycle.response_complete) == (False, False)
+    assert cycle.waiting_for_100_continue is False
     # Our protocol sees each response's end through the cycle's callback.
     assert cycle.on_response == connection.on_response_complete
 
@@ -95,6 +99,8 @@ def test_the_request_cycle_has_every_attribute_used(connection: HttpToolsProtoco
 def test_flow_control_and_server_state(connection: HttpToolsProtocol) -> None:
     for name in FLOW_ATTRIBUTES:
         assert hasattr(connection.flow, name), f"Uvicorn's FlowControl no longer has {name}"
+    connection.flow.pause_reading()
+    assert connection.flow.read_paused is True
     for name in SERVER_STATE_ATTRIBUTES:
         assert hasattr(connection.server_state, name), name
     assert connection in connection.server_state.connections
@@ -123,6 +129,7 @@ def test_the_adapter_overrides_only_names_uvicorn_still_has() -> None:
     assert ours == {
         "on_response_complete",
         "shutdown",
+        "send_400_response",
         "_unsupported_upgrade_warning",
     }
 

@@ -37,14 +37,18 @@ PROTOCOL_METHODS = (
     "_unset_keepalive_if_required",
     "on_response_complete",
     "shutdown",
+    "send_400_response",
     "_unsupported_upgrade_warning",
 )
 CYCLE_ATTRIBUTES = (
+    "scope",
     "keep_alive",
     "response_started",
     "response_complete",
+    "waiting_for_100_continue",
+    "message_event",
 )
-FLOW_ATTRIBUTES = ("pause_reading",)
+FLOW_ATTRIBUTES = ("read_paused", "pause_reading")
 SERVER_STATE_ATTRIBUTES = ("default_headers", "connections")
 WORKER_METHODS = ("_serve", "_install_sigquit_handler")
 
@@ -61,7 +65,7 @@ class UvicornHttp(HttpToolsProtocol):
     """Uvicorn's httptools protocol, seen through the few internals the pieces above it use.
 
     Hooks for subclasses: `after_response` (a response was sent in full), `stop` (the worker
-    is stopping) and `receiving`.
+    is stopping), `invalid_request` (the parser refused the bytes) and `receiving`.
     """
 
     # Hooks ---------------------------------------------------------------------------------
@@ -78,6 +82,9 @@ class UvicornHttp(HttpToolsProtocol):
         """The worker is stopping: Uvicorn's own behaviour closes idle connections at once."""
         super().shutdown()
 
+    def invalid_request(self, message: str) -> None:
+        super().send_400_response(message)
+
     # Uvicorn's methods, routed to the hooks -------------------------------------------------
 
     def on_response_complete(self) -> None:
@@ -86,6 +93,9 @@ class UvicornHttp(HttpToolsProtocol):
 
     def shutdown(self) -> None:
         self.stop()
+
+    def send_400_response(self, msg: str) -> None:
+        self.invalid_request(msg)
 
     def _unsupported_upgrade_warning(self) -> None:
         # WebSockets are off on purpose (worker.py): the request is served as plain HTTP, and
@@ -105,6 +115,11 @@ class UvicornHttp(HttpToolsProtocol):
 
     def pause_reading(self) -> None:
         self.flow.pause_reading()
+
+    def reading_paused(self) -> bool:
+        """Reading is paused by flow control (the app has not taken the body read so far), so a
+        body cannot be late by the client's fault."""
+        return self.flow.read_paused
 
     def worker_stopping(self) -> bool:
         state = self.server_state
@@ -152,6 +167,10 @@ class UvicornHttp(HttpToolsProtocol):
         cycle = self.cycle
         return cycle is not None and not cycle.response_complete
 
+    def waiting_for_100_continue(self) -> bool:
+        cycle = self.cycle
+        return cycle is not None and cycle.waiting_for_100_continue
+
     def close_after_responses(self, *, started_too: bool = False) -> None:
         """Every response not yet begun (and, if `started_too`, the one being sent) closes the
         connection when it is complete."""
@@ -160,6 +179,13 @@ class UvicornHttp(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and (started_too or not cycle.response_started):
             cycle.keep_alive = False
+
+    def refuse_in_app(self, key: str, refusal: tuple[int, str]) -> None:
+        """Hand a refusal to the app that serves the current request: it is put under `key` in
+        the request's ASGI `state`, and a wait for the body ends at once (http.py answers it)."""
+        cycle = self.cycle
+        cycle.scope["state"][key] = refusal
+        cycle.message_event.set()
 
 
 class StoppingServer(uvicorn.Server):
