@@ -20,6 +20,7 @@ from todo_api.uvicorn_internals import (
     PROTOCOL_ATTRIBUTES,
     PROTOCOL_METHODS,
     SERVER_STATE_ATTRIBUTES,
+    WORKER_ATTRIBUTES,
     WORKER_METHODS,
     StoppingState,
     UvicornHttp,
@@ -118,6 +119,10 @@ def test_the_server_and_the_worker_keep_what_we_override() -> None:
     ours = inspect.getsource(uvicorn_internals.Worker._serve)
     assert _code(theirs) == _code(ours), "uvicorn-worker's _serve changed: compare and update"
     assert "CONFIG_KWARGS" in vars(UvicornWorker)
+    # The worker builds Uvicorn's Config from CONFIG_KWARGS in __init__, under this name.
+    built = inspect.getsource(UvicornWorker.__init__)
+    for name in WORKER_ATTRIBUTES:
+        assert f"self.{name} = Config(**config_kwargs)" in built, name
 
 
 def test_the_adapter_overrides_only_names_uvicorn_still_has() -> None:

@@ -51,6 +51,7 @@ CYCLE_ATTRIBUTES = (
 FLOW_ATTRIBUTES = ("read_paused", "pause_reading")
 SERVER_STATE_ATTRIBUTES = ("default_headers", "connections")
 WORKER_METHODS = ("_serve", "_install_sigquit_handler")
+WORKER_ATTRIBUTES = ("config",)  # Uvicorn's Config, built from CONFIG_KWARGS
 
 
 class StoppingState(UvicornServerState):
@@ -204,6 +205,10 @@ class StoppingServer(uvicorn.Server):
 
 class Worker(UvicornWorker):
     """uvicorn-worker's worker, serving with our `StoppingServer`."""
+
+    def use_http_protocol(self, protocol: type[UvicornHttp]) -> None:
+        """Serve with this protocol class (set after CONFIG_KWARGS, which are class-level)."""
+        self.config.http = protocol
 
     async def _serve(self) -> None:
         # uvicorn-worker's own, with our server class.

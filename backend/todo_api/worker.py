@@ -23,12 +23,14 @@ class Worker(UvicornWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         settings = ServerSettings()
-        self.config.http = http_protocol(
-            max_head_bytes=settings.max_request_head_bytes,
-            head_timeout=settings.request_head_timeout_seconds,
-            # The body on the wire, chunked framing included: the body's own limit, plus as
-            # much again as a head may take for chunk sizes, extensions and trailers.
-            max_body_wire_bytes=get_settings().max_body_bytes + settings.max_request_head_bytes,
-            body_timeout=settings.request_body_timeout_seconds,
-            idle_grace=settings.shutdown_idle_grace_seconds,
+        self.use_http_protocol(
+            http_protocol(
+                max_head_bytes=settings.max_request_head_bytes,
+                head_timeout=settings.request_head_timeout_seconds,
+                # The body on the wire, chunked framing included: the body's own limit, plus as
+                # much again as a head may take for chunk sizes, extensions and trailers.
+                max_body_wire_bytes=get_settings().max_body_bytes + settings.max_request_head_bytes,
+                body_timeout=settings.request_body_timeout_seconds,
+                idle_grace=settings.shutdown_idle_grace_seconds,
+            )
         )
