@@ -185,6 +185,9 @@ class ServerSettings(BaseSettings):
     # front usually allows 32-64 KiB; a client gets this long from a head's first byte.
     max_request_head_bytes: int = Field(default=32 * 1024, ge=1024, le=1024 * 1024)
     request_head_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # Request bodies (todo_api/protocol.py): a body gets this long from the end of its head; at
+    # MAX_BODY_BYTES (64 KiB) that is 6.5 KB/s, slower than a poor mobile link.
+    request_body_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     # When a worker stops, an idle keep-alive connection may still bring one request this long.
     shutdown_idle_grace_seconds: float = Field(default=1.0, gt=0, le=10)
     forwarded_allow_ips: str = "127.0.0.1"

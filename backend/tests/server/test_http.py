@@ -1,8 +1,13 @@
 """HTTP surface: CORS on every status, OpenAPI, health probes, no 500s."""
 
+import asyncio
+import json
+
 import pytest
 
 from tests.support import auth, running_app, settings_for
+from todo_api.http import REFUSED_BY_SERVER
+from todo_api.main import create_app
 
 ORIGIN = "http://localhost:3000"
 
@@ -194,3 +199,66 @@ class TestUnexpectedErrors:
             response = api.request(method, path, content=body, headers=headers)
             assert response.status_code == 422, response.text
             assert "detail" in response.json()  # strict JSON: no bare NaN or Infinity
+
+
+class TestRequestBodyLayer:
+    """BodySizeLimit, called as the server calls the app: the token is checked before the body
+    is asked for, and a refusal the server hands over is answered by the app."""
+
+    @staticmethod
+    def post(app, headers: dict[str, str], receive) -> list[dict]:
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/api/alice/tasks",
+            "raw_path": b"/api/alice/tasks",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+            "state": {},
+        }
+
+        async def call() -> None:
+            await asyncio.wait_for(app(scope, receive(scope), send), timeout=5)
+
+        asyncio.run(call())
+        return sent
+
+    def test_no_token_is_answered_without_asking_for_the_body(self, sqlite_url):
+        app = create_app(settings_for(sqlite_url))
+
+        def receive(scope):
+            async def never() -> dict:
+                raise AssertionError("the body was asked for")
+
+            return never
+
+        sent = self.post(app, {"Content-Type": "application/json"}, receive)
+        assert sent[0]["status"] == 401
+        assert (b"www-authenticate", b"Bearer") in sent[0]["headers"]
+        assert json.loads(sent[1]["body"]) == {"detail": "Not authenticated"}
+
+    def test_a_refusal_from_the_server_is_answered_by_the_app(self, sqlite_url):
+        app = create_app(settings_for(sqlite_url))
+
+        def receive(scope):
+            async def refused() -> dict:
+                scope["state"][REFUSED_BY_SERVER] = (408, "Request body timed out")
+                return {"type": "http.request", "body": b'{"ti', "more_body": True}
+
+            return refused
+
+        sent = self.post(app, {**auth("alice"), "Content-Type": "application/json"}, receive)
+        assert sent[0]["status"] == 408
+        assert any(name == b"x-request-id" for name, _ in sent[0]["headers"])
+        assert json.loads(sent[1]["body"]) == {"detail": "Request body timed out"}

@@ -25,14 +25,16 @@ DEFAULT_MAX_HEAD = 32 * 1024
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    # SQLite: what is measured here happens before a request reaches the app or its database.
-    tmp = tmp_path_factory.mktemp("limits")
-    env = {
-        "WEB_CONCURRENCY": "1",
-        "REQUEST_HEAD_TIMEOUT_SECONDS": str(HEAD_TIMEOUT),
-        "KEEPALIVE": str(KEEPALIVE),
-        "MAX_REQUESTS": "0",
-    }
+    env = {"REQUEST_HEAD_TIMEOUT_SECONDS": str(HEAD_TIMEOUT), "KEEPALIVE": str(KEEPALIVE)}
+    with one_worker(tmp_path_factory.mktemp("limits"), **env) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def one_worker(tmp: Path, **env: str) -> Iterator[Server]:
+    """`todo-api serve` with one worker (so that its memory can be measured), never recycled.
+    On SQLite: what is measured here happens before a request reaches the app's database."""
+    env = {"WEB_CONCURRENCY": "1", "MAX_REQUESTS": "0", **env}
     with gunicorn(f"sqlite:///{tmp / 'todo.db'}", tmp, **env) as running:
         yield running
 
@@ -44,20 +46,31 @@ def connect(server: Server) -> socket.socket:
 
 def read_until_closed(sock: socket.socket, within: float) -> tuple[bytes, bool]:
     """What the server sent, and whether it closed the connection within `within` seconds."""
-    received = b""
-    deadline = time.monotonic() + within
-    while (left := deadline - time.monotonic()) > 0:
+    received, _, closed_at = answer_and_close(sock, within)
+    return received, closed_at is not None
+
+
+def answer_and_close(
+    sock: socket.socket, within: float
+) -> tuple[bytes, float | None, float | None]:
+    """The bytes the server sent, when its answer began and when it closed (seconds from now;
+    None if it did not within `within`)."""
+    started = time.monotonic()
+    received, answered_at, closed_at = b"", None, None
+    while closed_at is None and (left := started + within - time.monotonic()) > 0:
         sock.settimeout(left)
         try:
             chunk = sock.recv(65536)
         except TimeoutError:
             break
         except ConnectionResetError:
-            return received, True
+            chunk = b""
         if not chunk:
-            return received, True
+            closed_at = time.monotonic() - started
+        elif answered_at is None:
+            answered_at = time.monotonic() - started
         received += chunk
-    return received, False
+    return received, answered_at, closed_at
 
 
 def read_response(sock: socket.socket) -> bytes:
@@ -243,6 +256,72 @@ class TestHeadTimeout:
                 time.sleep(0.1)
             answer = sock.recv(65536)
         assert status_of(answer) == 200
+
+
+class TestBlankLines:
+    """CR/LF before a request line is allowed (RFC 9112 2.2) but begins no request: the connection
+    stays idle, and its keep-alive timer keeps running."""
+
+    def test_a_fresh_connection_sending_only_crlf_is_closed_by_the_keepalive_timeout(
+        self, server: Server
+    ) -> None:
+        with connect(server) as sock:
+            started = time.monotonic()
+            closed = send_crlf_until_closed(sock, KEEPALIVE + 4)
+        assert closed, "a connection sending only CR/LF stayed open"
+        assert time.monotonic() - started < KEEPALIVE + 1.5
+
+    def test_crlf_after_a_keep_alive_exchange_does_not_hold_the_connection(
+        self, server: Server
+    ) -> None:
+        with connect(server) as sock:
+            sock.sendall(b"GET /livez HTTP/1.1\r\nHost: test\r\n\r\n")
+            assert status_of(read_response(sock)) == 200
+            started = time.monotonic()
+            closed = send_crlf_until_closed(sock, KEEPALIVE + 4)
+        assert closed, "CR/LF after a response kept the connection open"
+        assert time.monotonic() - started < KEEPALIVE + 1.5
+
+    def test_a_request_after_crlf_is_served(self, server: Server) -> None:
+        with connect(server) as sock:
+            sock.sendall(b"\r\n\r\n")
+            time.sleep(0.3)
+            sock.sendall(b"GET /livez HTTP/1.1\r\nHost: test\r\n\r\n")
+            assert status_of(read_response(sock)) == 200
+
+    def test_two_hundred_crlf_connections_are_all_closed(self, server: Server) -> None:
+        sockets = [connect(server) for _ in range(200)]
+        try:
+            for sock in sockets:
+                sock.sendall(b"\r\n")
+            time.sleep(KEEPALIVE / 2)
+            for sock in sockets:
+                sock.sendall(b"\r\n")
+            deadline = time.monotonic() + KEEPALIVE + 3
+            still_open = sockets
+            while still_open and time.monotonic() < deadline:
+                still_open = [s for s in still_open if not read_until_closed(s, 0.001)[1]]
+                time.sleep(0.2)
+            assert not still_open, f"{len(still_open)} of 200 CR/LF connections are still open"
+        finally:
+            for sock in sockets:
+                sock.close()
+
+
+def send_crlf_until_closed(sock: socket.socket, within: float) -> bool:
+    """Send CR/LF every half second until the server closes the connection (True) or `within`
+    seconds pass (False)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            sock.sendall(b"\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            return True
+        answer, closed = read_until_closed(sock, 0.5)
+        assert answer == b"", answer[:200]
+        if closed:
+            return True
+    return False
 
 
 class TestSlowClients:
