@@ -11,9 +11,15 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests.server.test_runtime_limits import (
+    answer_and_close,
+    connect,
+    one_worker,
+    rss_kib,
+    status_of,
+)
+from tests.server.test_server_process import Server
 from tests.support import auth, hs256
-from tests.test_runtime_limits import answer_and_close, connect, one_worker, rss_kib, status_of
-from tests.test_server_process import Server
 
 pytestmark = pytest.mark.slow
 
