@@ -2,8 +2,8 @@
 
 Uvicorn's httptools protocol, its request cycle, its server state and uvicorn-worker's `_serve` are
 not public API: an upgrade may rename or remove any of them. The request limits (protocol.py) and
-the graceful shutdown (shutdown.py) therefore use them only through the small vocabulary below,
-and tests/server/test_uvicorn_internals.py checks each name against the installed versions, so that an
+the graceful shutdown (shutdown.py) therefore use them only through the small vocabulary below, and
+tests/server/test_uvicorn_internals.py checks each name against the installed versions, so that an
 upgrade that changes one fails there, loudly, instead of quietly switching a limit off. Names of
 asyncio's Protocol interface (`connection_made`, `data_received`, `connection_lost`) and of the
 httptools parser callbacks (`on_message_begin`, `on_headers_complete`, `on_message_complete`) are
