@@ -11,6 +11,7 @@ public contracts and used as such. pyproject.toml pins both packages to the vers
 """
 
 import asyncio
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -193,10 +194,14 @@ class StoppingServer(uvicorn.Server):
     """Uvicorn's server, telling its connections (and those it accepts while it stops) that it
     is stopping."""
 
+    # The worker process's one server, for its SIGQUIT handler (Worker below).
+    current: "StoppingServer | None" = None
+
     def __init__(self, config: uvicorn.Config) -> None:
         super().__init__(config)
         self.state = StoppingState()
         self.server_state = self.state
+        StoppingServer.current = self
 
     async def shutdown(self, sockets: Any = None) -> None:
         self.state.stopping = True
@@ -209,6 +214,17 @@ class Worker(UvicornWorker):
     def use_http_protocol(self, protocol: type[UvicornHttp]) -> None:
         """Serve with this protocol class (set after CONFIG_KWARGS, which are class-level)."""
         self.config.http = protocol
+
+    def _install_sigquit_handler(self) -> None:
+        # uvicorn-worker's handler only sets Gunicorn's `alive`, which Uvicorn's server never
+        # reads: SIGQUIT (what Gunicorn's master sends on SIGINT or SIGQUIT) was ignored until
+        # GRACEFUL_TIMEOUT ran out and SIGKILL dropped every connection. Here it stops the
+        # server as SIGTERM does: requests in flight finish, idle connections close.
+        def stop() -> None:
+            if StoppingServer.current is not None:
+                StoppingServer.current.should_exit = True
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGQUIT, stop)
 
     async def _serve(self) -> None:
         # uvicorn-worker's own, with our server class.

@@ -107,7 +107,7 @@ class TestDrain:
         finally:
             stop_process(instance.process)
 
-    @pytest.mark.parametrize("second", ["sigterm", "ctrl-c"])
+    @pytest.mark.parametrize("second", ["sigterm", "ctrl-c", "sigint"])
     def test_a_second_sigterm_or_ctrl_c_ends_the_drain_at_once(self, second, database, tmp_path):
         instance = serve(database, tmp_path, SHUTDOWN_DRAIN_SECONDS="60")
         try:
@@ -117,8 +117,10 @@ class TestDrain:
             sent = time.monotonic()
             if second == "sigterm":
                 instance.process.send_signal(signal.SIGTERM)
-            else:  # a terminal's Ctrl-C: SIGINT to the whole process group
+            elif second == "ctrl-c":  # a terminal's Ctrl-C: SIGINT to the whole process group
                 os.killpg(instance.process.pid, signal.SIGINT)
+            else:  # SIGINT to the master alone (kill -INT): Gunicorn sends its workers SIGQUIT
+                instance.process.send_signal(signal.SIGINT)
             instance.process.wait(timeout=10)
             assert time.monotonic() - sent < 5
         finally:
