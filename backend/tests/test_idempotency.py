@@ -13,9 +13,10 @@ import sqlalchemy as sa
 
 from tests.retry_support import keys_of, new_key, tasks_of, writes_held
 from tests.support import as_app_role, auth, random_user, running_app, settings_for
-from todo_api.db import create_db_engine, owner_connection
+from tests.test_row_level_security import owner_work
+from todo_api.db import create_db_engine
+from todo_api.idempotency import fingerprint
 from todo_api.migrate import migrate
-from todo_api.tasks.idempotency import fingerprint
 
 REPLAYED = "idempotent-replayed"
 
@@ -348,13 +349,13 @@ class TestRowLevelSecurity:
         postgres.drop_database(url)
 
     def keys_seen(self, engine: sa.Engine, owner: str) -> list[str]:
-        with owner_connection(engine, owner) as conn:
+        with owner_work(engine, owner) as conn:
             return list(conn.execute(sa.text("SELECT key FROM idempotency_keys")).scalars())
 
     def write(self, engine: sa.Engine, owner: str, user_id: str, key: str, expired: bool) -> None:
         now = datetime.now(UTC)
         expires_at = now + timedelta(seconds=-10 if expired else 60)
-        with owner_connection(engine, owner) as conn:
+        with owner_work(engine, owner) as conn:
             conn.execute(
                 sa.text(
                     "INSERT INTO idempotency_keys (user_id, key, fingerprint, claim, "
@@ -368,7 +369,7 @@ class TestRowLevelSecurity:
         self.write(app_engine, "alice", "alice", "old", expired=True)
         assert self.keys_seen(app_engine, "alice") == ["live", "old"]
         assert self.keys_seen(app_engine, "bob") == ["old"]
-        with owner_connection(app_engine, "bob") as conn:
+        with owner_work(app_engine, "bob") as conn:
             purged = conn.execute(sa.text("DELETE FROM idempotency_keys WHERE expires_at < now()"))
             assert purged.rowcount == 1
             mine = conn.execute(sa.text("DELETE FROM idempotency_keys WHERE key = 'live'"))

@@ -1,8 +1,7 @@
 """A time bound on every statement of the request engine, kept by the server and by the client.
 
-The server's: `statement_timeout`, sent as `SET LOCAL` in the same query string as the statement
-(one round trip; several statements in one simple query run as one transaction, so the setting
-covers exactly this statement). A session-level SET would leak to other clients through a
+The server's: `statement_timeout`, sent as `SET LOCAL` with each transaction's first statement
+(todo_api/unit_of_work.py). A session-level SET would leak to other clients through a
 transaction-mode pooler, and Neon's pooler ignores the startup `options` parameter.
 
 The client's: `statement_timeout` cannot see the time a statement spends queued in a pooler (Neon's
@@ -20,13 +19,11 @@ import os
 import socket
 import threading
 import time
-import weakref
-from typing import Any, ClassVar
+from typing import Any
 
 # psycopg2 ships no type hints (and types-psycopg2 is not a dependency): its names are Any here.
 import psycopg2  # type: ignore[import-untyped]
 import psycopg2._psycopg  # type: ignore[import-untyped]
-import psycopg2.extensions  # type: ignore[import-untyped]
 from psycopg2.errors import QueryCanceled  # type: ignore[import-untyped]
 
 
@@ -153,56 +150,3 @@ def _cancel(connection: Any) -> None:
             _LIBPQ.PQcancelBlocking(cancel)  # a failure is the pooler's or server's silence
         finally:
             _LIBPQ.PQcancelFinish(cancel)
-
-
-class DeadlineCursor(psycopg2.extensions.cursor):  # type: ignore[misc]
-    """psycopg2's cursor with the statement timeout prefixed and the client deadline kept."""
-
-    prefix: ClassVar[str] = ""
-    watchdog: ClassVar[Watchdog | None] = None
-
-    def execute(self, query: Any, vars: Any = None) -> None:
-        if isinstance(query, str):
-            query = self.prefix + query
-        watchdog = self.watchdog
-        if watchdog is None:
-            super().execute(query, vars)
-            return
-        key = id(self)
-        watchdog.start(key, self.connection)
-        try:
-            super().execute(query, vars)
-        except psycopg2.Error as error:
-            if watchdog.finish(key):
-                raise self._timed_out(watchdog) from error
-            raise
-        except BaseException:
-            # Refused by the driver before it sent anything (a parameter it cannot encode): the
-            # connection is fine and goes back to the pool, so it must not stay watched.
-            if watchdog.finish(key):
-                self.connection.close()
-            raise
-        if watchdog.finish(key):
-            # It completed just as the deadline passed, but its socket is shut down by now.
-            raise self._timed_out(watchdog)
-
-    def _timed_out(self, watchdog: Watchdog) -> StatementTimeout:
-        # Closed, so SQLAlchemy sees a disconnect and drops the connection from its pool.
-        self.connection.close()
-        return StatementTimeout(f"no answer from the database within {watchdog.seconds:g} s")
-
-
-def deadline_cursor(statement_timeout: float, client_timeout: float) -> type[DeadlineCursor] | None:
-    """A cursor class for one engine, with its own watchdog; None when both bounds are off (0)."""
-    if not statement_timeout and not client_timeout:
-        return None
-    prefix = f"SET LOCAL statement_timeout = {round(statement_timeout * 1000)};"
-    watchdog = Watchdog(client_timeout) if client_timeout else None
-    attributes = {"prefix": prefix if statement_timeout else "", "watchdog": watchdog}
-    cursor_class = type("EngineDeadlineCursor", (DeadlineCursor,), attributes)
-    if watchdog is not None:
-        # The thread ends with the engine whose connections make these cursors. Not through an
-        # engine event: any listener on an engine's connection events sends every execution
-        # down SQLAlchemy's slower event path (about 25 us a request, measured).
-        weakref.finalize(cursor_class, watchdog.stop)
-    return cursor_class

@@ -4,7 +4,10 @@ from alembic import context
 from sqlalchemy import Connection, create_engine
 from sqlmodel import SQLModel
 
-from todo_api import auth_schema  # noqa: F401  (Better Auth's tables, on the same metadata)
+from todo_api import (
+    auth_schema,  # noqa: F401  (Better Auth's tables, on the same metadata)
+    idempotency,  # noqa: F401  (the idempotency_keys table)
+)
 from todo_api.db import normalise_url
 from todo_api.tasks import models  # noqa: F401  (registers the tables on the metadata)
 

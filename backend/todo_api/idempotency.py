@@ -1,17 +1,21 @@
 """The Idempotency-Key header (IETF httpapi draft): a retried write is answered, not redone.
 
-Per user and key, the table `idempotency_keys` holds the first request's fingerprint and, once it
-has finished, its answer (status, the headers that matter, body). With a connection in autocommit
-mode, through a transaction-mode pooler (no session state, no advisory locks):
+A wrapper around any write, at the HTTP level: it sees the request's method, path, body and
+answer, never what the write does. Per user and key, the table `idempotency_keys` holds the first
+request's fingerprint and, once it has finished, its answer (status, the headers that matter,
+body). On the request's unit of work (todo_api/unit_of_work.py), through a transaction-mode
+pooler (no session state, no advisory locks):
 
-1. Claim the key: one `INSERT ... ON CONFLICT DO UPDATE ... WHERE expires_at <= now RETURNING`.
-   A new key, or an expired one, is ours (in progress until `now + in_progress_seconds`).
-   Otherwise the row says what to answer: its kept response (replayed), 409 while the first
-   request is still running, 422 when the key came with a different request.
-2. Do the work and store the answer in ONE transaction, the store conditional on still holding
-   the claim. A crash anywhere before the COMMIT leaves neither the change nor the answer, only
-   the claim, which expires after `in_progress_seconds`: a retry then does the work, once. If the
-   claim expired under a slow request and a retry took it over, the slow one rolls back (409).
+1. Claim the key, in autocommit (so that a duplicate sees the claim at once): one
+   `INSERT ... ON CONFLICT DO UPDATE ... WHERE expires_at <= now RETURNING`. A new key, or an
+   expired one, is ours (in progress until `now + in_progress_seconds`). Otherwise the row says
+   what to answer: its kept response (replayed), 409 while the first request is still running,
+   422 when the key came with a different request.
+2. Do the work and store the answer in ONE transaction of the unit of work, the store
+   conditional on still holding the claim. A crash anywhere before the COMMIT leaves neither the
+   change nor the answer, only the claim, which expires after `in_progress_seconds`: a retry then
+   does the work, once. If the claim expired under a slow request and a retry took it over, the
+   slow one rolls back (409).
 
 Expired rows are deleted by requests themselves: at most once per `purge_interval` per process,
 a claim first deletes up to `PURGE_BATCH` of them (no cron job); an expired key is also simply
@@ -29,19 +33,58 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 from fastapi import HTTPException, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import Connection, Delete, Insert, Table, bindparam, delete, select, tuple_
+from sqlalchemy import (
+    Column,
+    Delete,
+    Index,
+    Insert,
+    Integer,
+    LargeBinary,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    bindparam,
+    delete,
+    select,
+    tuple_,
+)
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Field, SQLModel
 
-from todo_api.db import utcnow
-from todo_api.tasks.models import IDEMPOTENCY_KEY_MAX, IdempotencyKey
+from todo_api.db import UtcDateTime, utcnow
+from todo_api.unit_of_work import UnitOfWork
+
+IDEMPOTENCY_KEY_MAX = 255
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """A request's Idempotency-Key and, once it has finished, the answer it got."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (
+        PrimaryKeyConstraint("user_id", "key"),
+        Index("ix_idempotency_keys_expires_at", "expires_at"),
+    )
+
+    # No foreign key to users: a user's first create claims its key before the user row exists.
+    user_id: str = Field(sa_column=Column(Text, nullable=False))
+    key: str = Field(sa_column=Column(String(IDEMPOTENCY_KEY_MAX), nullable=False))
+    fingerprint: str = Field(sa_column=Column(String(64), nullable=False))  # SHA-256, hex
+    claim: str = Field(sa_column=Column(String(32), nullable=False))  # the holder's random token
+    status_code: int | None = Field(default=None, sa_column=Column(Integer))  # None: in progress
+    response_headers: str | None = Field(default=None, sa_column=Column(Text))  # a JSON object
+    response_body: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+    expires_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+
 
 REPLAYED = "Idempotent-Replayed"
 # Visible ASCII; HTTP itself drops the whitespace around a header value.
@@ -99,7 +142,9 @@ _STORE = (
         expires_at=bindparam("kept_until"),
     )
 )
-_RELEASE = delete(_keys).where(_THIS_KEY & (_k.claim == bindparam("held")))
+_RELEASE = delete(_keys).where(
+    _THIS_KEY & (_k.claim == bindparam("held")) & _k.status_code.is_(None)
+)
 _PURGE: Delete = delete(_keys).where(
     tuple_(_k.user_id, _k.key).in_(
         select(_k.user_id, _k.key)
@@ -162,74 +207,64 @@ class IdempotencyKeys:
 
     def run(
         self,
-        conn: Connection,
+        work: UnitOfWork,
         *,
-        owner_id: str,
         key: str,
         fingerprint: str,
-        work: Callable[[Connection], Response],
+        action: Callable[[], Response],
     ) -> Response:
-        """`work(conn)`'s answer, or the answer kept from the first request with this key."""
-        self._purge_now_and_then(conn)
+        """`action()`'s answer, or the answer kept from the first request with this key."""
+        self._purge_now_and_then(work)
         claim = secrets.token_hex(16)
         for _attempt in range(3):
-            if self._claim(conn, owner_id, key, fingerprint, claim):
-                return self._run_claimed(conn, owner_id, key, claim, work)
-            kept = self._kept(conn, owner_id, key)
+            if self._claim(work, key, fingerprint, claim):
+                return self._run_claimed(work, key, claim, action)
+            kept = self._kept(work, key)
             if kept is not None:
                 return _answer_from(kept, fingerprint)
             # Let go (its request failed) or purged between the two statements: claim again.
         raise _in_progress()  # not reached in practice: three rows vanished in a row
 
-    def _claim(
-        self, conn: Connection, owner_id: str, key: str, fingerprint: str, claim: str
-    ) -> bool:
+    def _claim(self, work: UnitOfWork, key: str, fingerprint: str, claim: str) -> bool:
         now = utcnow()
         values = {
-            "user_id": owner_id,
+            "user_id": work.owner_id,
             "key": key,
             "fingerprint": fingerprint,
             "claim": claim,
             "created_at": now,
             "expires_at": now + self.in_progress,
         }
-        return conn.execute(_CLAIM[conn.dialect.name], {**values, "now": now}).first() is not None
+        claimed = work.execute(_CLAIM[work.dialect_name], {**values, "now": now}).first()
+        return claimed is not None
 
-    def _kept(self, conn: Connection, owner_id: str, key: str) -> _Kept | None:
-        row = conn.execute(_KEPT, {"owner_id": owner_id, "idempotency_key": key}).first()
+    def _kept(self, work: UnitOfWork, key: str) -> _Kept | None:
+        row = work.execute(_KEPT, {"owner_id": work.owner_id, "idempotency_key": key}).first()
         return None if row is None else _Kept(*row)
 
     def _run_claimed(
-        self,
-        conn: Connection,
-        owner_id: str,
-        key: str,
-        claim: str,
-        work: Callable[[Connection], Response],
+        self, work: UnitOfWork, key: str, claim: str, action: Callable[[], Response]
     ) -> Response:
-        held = {"owner_id": owner_id, "idempotency_key": key, "held": claim}
-        # From here on a real transaction (the request connections are in autocommit mode);
-        # SQLAlchemy puts the connection back into autocommit when it returns to the pool.
-        conn.commit()
-        conn.execution_options(isolation_level=_TRANSACTIONAL[conn.dialect.name])
+        held = {"owner_id": work.owner_id, "idempotency_key": key, "held": claim}
         try:
-            try:
-                response = work(conn)
-            except HTTPException as error:
-                # An answer like any other (404, 412): kept, and sent as the handler would.
-                response = JSONResponse({"detail": error.detail}, error.status_code, error.headers)
-            stored = conn.execute(_STORE, {**held, **self._stored(response)}).rowcount == 1
+            with work.transaction():
+                try:
+                    response = action()
+                except HTTPException as error:
+                    # An answer like any other (404, 412): kept, and sent as the handler would.
+                    response = JSONResponse(
+                        {"detail": error.detail}, error.status_code, error.headers
+                    )
+                if work.execute(_STORE, {**held, **self._stored(response)}).rowcount != 1:
+                    # A retry took the expired claim over and does the work instead.
+                    raise _LostClaim
+        except _LostClaim:
+            raise _in_progress() from None
         except BaseException:
-            # The work failed (database down, a bug) before any COMMIT: nothing of it is kept,
-            # so free the key for a retry now.
-            self._let_go(conn, held)
+            # The work failed (database down, a bug) before COMMIT, or COMMIT failed: the key
+            # is freed for a retry unless the answer may have been kept (see _let_go).
+            _let_go(work, held)
             raise
-        if not stored:
-            conn.rollback()  # a retry took the expired claim over and does the work instead
-            raise _in_progress()
-        # Never let go after this: a COMMIT that failed may still have been applied, and then
-        # the kept answer must stay. Otherwise the claim expires on its own.
-        conn.commit()
         return response
 
     def _stored(self, response: Response) -> dict[str, Any]:
@@ -243,28 +278,26 @@ class IdempotencyKeys:
             "kept_until": utcnow() + self.ttl,
         }
 
-    @staticmethod
-    def _let_go(conn: Connection, held: dict[str, str]) -> None:
-        # Best effort, on a connection that may be broken: the caller raises the first error,
-        # and a claim that stays expires after in_progress_seconds.
-        try:
-            conn.rollback()
-            conn.execute(_RELEASE, held)
-            conn.commit()
-        except SQLAlchemyError:
-            with contextlib.suppress(SQLAlchemyError):
-                conn.rollback()
-
-    def _purge_now_and_then(self, conn: Connection) -> None:
+    def _purge_now_and_then(self, work: UnitOfWork) -> None:
         with self._purge_lock:
             if time.monotonic() - self._last_purge < self.purge_interval:
                 return
             self._last_purge = time.monotonic()
-        conn.execute(_PURGE, {"now": utcnow(), "batch": PURGE_BATCH})
+        work.execute(_PURGE, {"now": utcnow(), "batch": PURGE_BATCH})
 
 
-# Any level that makes BEGIN ... COMMIT (pysqlite: "SERIALIZABLE" is its deferred BEGIN).
-_TRANSACTIONAL = {"postgresql": "READ COMMITTED", "sqlite": "SERIALIZABLE"}
+class _LostClaim(Exception):
+    pass
+
+
+def _let_go(work: UnitOfWork, held: dict[str, str]) -> None:
+    """Free the key after a failed attempt, in autocommit; best effort, on a connection that
+    may be broken (the caller raises the first error, and a claim that stays expires after
+    in_progress_seconds). Only ever after a ROLLBACK: a COMMIT that failed may still have been
+    applied, and then the kept answer must stay: the release is conditional on the claim still
+    being in progress, so a committed answer is never deleted."""
+    with contextlib.suppress(Exception):
+        work.execute(_RELEASE, held)
 
 
 def _answer_from(kept: _Kept, fingerprint: str) -> Response:
