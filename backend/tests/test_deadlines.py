@@ -146,19 +146,29 @@ def serving_through_a_pooler(
         yield pooler, server, client
 
 
+@pytest.mark.parametrize("cancel_api", ["auto", "legacy"])
 def test_a_pooler_that_stopped_answering_neither_freezes_the_worker_nor_the_request(
-    postgres: PostgresServer, database: str, tmp_path: Path
+    postgres: PostgresServer, database: str, tmp_path: Path, cancel_api: str
 ) -> None:
     """The pooler hangs (a stopped process, a paused VM): even a cancel request gets no answer.
 
     The kernel still accepts connections on a stopped process's listening socket, so the
     watchdog's cancel connects and then waits for an answer that never comes. Before the fix
     that wait was unbounded and held the interpreter lock (psycopg2's cancel()): the whole
-    worker froze, /livez included, until the pooler came back.
+    worker froze, /livez included, until the pooler came back. `legacy`: the cancel a libpq
+    before 17 offers (no PQcancelBlocking), which is unbounded: the worker must not freeze
+    either, the request still ends at its deadline, and start-up says so in one line.
     """
     with serving_through_a_pooler(
-        postgres, database, tmp_path, deadline=BOUND, DB_CONNECT_TIMEOUT=str(CONNECT_TIMEOUT)
+        postgres,
+        database,
+        tmp_path,
+        deadline=BOUND,
+        DB_CONNECT_TIMEOUT=str(CONNECT_TIMEOUT),
+        DB_CANCEL_API=cancel_api,
     ) as (pooler, server, client):
+        warned = [line for line in server.lines() if "PQcancelBlocking" in line]
+        assert len(warned) == (1 if cancel_api == "legacy" else 0), warned
         assert client.get("/api/alice/tasks", headers=ALICE).status_code == 200
         pooler.process.send_signal(signal.SIGSTOP)
         try:

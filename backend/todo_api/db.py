@@ -15,6 +15,7 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 
 from todo_api.config import Settings
+from todo_api.deadlines import cancel_warning
 from todo_api.unit_of_work import guard, statement_classes, unguarded
 
 log = logging.getLogger("todo_api.db")
@@ -73,11 +74,16 @@ def create_db_engine(
             # probe against a saturated pooler leaves a thread and a connection queued there.
             connect_args.update(statement_classes(probe_timeout, probe_timeout, guarded=False))
         return create_engine(target, connect_args=connect_args, **pool_args)
+    legacy_cancel = settings.db_cancel_api == "legacy"
+    if settings.db_client_timeout_seconds and (warning := cancel_warning(legacy_cancel)):
+        log.warning(warning)
     connect_args.update(
         statement_classes(
             settings.db_statement_timeout_seconds,
             settings.db_client_timeout_seconds,
             guarded=True,
+            legacy_cancel=legacy_cancel,
+            cancel_wait=settings.db_connect_timeout,
         )
     )
     engine = create_engine(

@@ -112,6 +112,8 @@ def statement_classes(
     client_timeout: float,
     *,
     guarded: bool,
+    legacy_cancel: bool = False,
+    cancel_wait: float = 5,
 ) -> dict[str, Any]:
     """psycopg2's connect arguments for one engine: its connection and cursor classes.
 
@@ -124,7 +126,11 @@ def statement_classes(
         setting = f"SET LOCAL statement_timeout = {round(statement_timeout * 1000)};".encode()
     attributes: dict[str, Any] = {
         "timeout_setting": setting,
-        "watchdog": Watchdog(client_timeout) if client_timeout else None,
+        "watchdog": (
+            Watchdog(client_timeout, legacy_cancel=legacy_cancel, cancel_wait=cancel_wait)
+            if client_timeout
+            else None
+        ),
     }
     if not guarded:
         attributes["prefix"] = attributes["then"] = setting
