@@ -15,7 +15,7 @@ from tests.retry_support import keys_of, new_key, tasks_of, writes_held
 from tests.support import as_app_role, auth, random_user, running_app, settings_for
 from tests.test_row_level_security import owner_work
 from todo_api.db import create_db_engine
-from todo_api.idempotency import fingerprint
+from todo_api.idempotency import PURGE_PER_CLAIM, IdempotencyKey, fingerprint
 from todo_api.migrate import migrate
 
 REPLAYED = "idempotent-replayed"
@@ -290,6 +290,47 @@ class TestExpiry:
         assert create(short_lived, other, new_key()).status_code == 201
         assert keys_of(engine, user) == []
         assert len(keys_of(engine, other)) == 1
+
+
+class TestPurge:
+    """Expired keys leave at the pace keyed writes arrive, a few per write."""
+
+    BACKLOG = 200
+
+    def expired(self, engine: sa.Engine) -> int:
+        table = IdempotencyKey.__table__  # type: ignore[attr-defined]
+        query = sa.select(sa.func.count()).where(table.c.expires_at < datetime.now(UTC))
+        with engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def test_each_keyed_write_deletes_a_few_expired_keys_and_never_a_batch(self, api, engine):
+        """A backlog of anyone's expired keys: each keyed write deletes PURGE_PER_CLAIM of them,
+        so the purge outpaces any sustained rate of keyed writes (each adds one), and no single
+        request deletes a batch. Before: the first request of each minute deleted up to 1,000
+        (a latency spike), then none for 60 s, about 17 keys a second per worker."""
+        long_ago = datetime.now(UTC) - timedelta(hours=1)
+        rows = [
+            {
+                "user_id": random_user(),
+                "key": new_key(),
+                "fingerprint": "f",
+                "claim": "c",
+                "created_at": long_ago,
+                "expires_at": long_ago,
+            }
+            for _ in range(self.BACKLOG)
+        ]
+        with engine.begin() as conn:
+            conn.execute(sa.insert(IdempotencyKey.__table__), rows)  # type: ignore[attr-defined]
+        before = self.expired(engine)
+        user = random_user()
+        assert create(api, user, new_key()).status_code == 201
+        assert before - self.expired(engine) == PURGE_PER_CLAIM
+        writes = 10
+        for _ in range(writes - 1):
+            assert create(api, user, new_key()).status_code == 201
+        assert before - self.expired(engine) == writes * PURGE_PER_CLAIM
+        assert len(keys_of(engine, user)) == writes  # the writers' own keys stay
 
 
 class TestUnfinished:

@@ -17,9 +17,12 @@ pooler (no session state, no advisory locks):
    does the work, once. If the claim expired under a slow request and a retry took it over, the
    slow one rolls back (409).
 
-Expired rows are deleted by requests themselves: at most once per `purge_interval` per process,
-a claim first deletes up to `PURGE_BATCH` of them (no cron job); an expired key is also simply
-taken over by step 1.
+Expired rows are deleted by the claims themselves, a few at a time (no cron job, no batch on any
+one request): each claim also deletes up to `PURGE_PER_CLAIM` expired keys of anyone's, in the
+same statement on PostgreSQL (skipping rows another claim is deleting). Each keyed write adds one
+row and removes up to that many expired ones, so the purge keeps up with any sustained rate of
+keyed writes and works off a backlog at that multiple of it. An expired key is also simply taken
+over by step 1.
 
 Hand-written: the Python packages for this header are framework middlewares that keep answers in
 Redis or in memory, neither of which fits one database reached through a pooler.
@@ -29,8 +32,6 @@ import contextlib
 import hashlib
 import re
 import secrets
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -103,8 +104,9 @@ KEY_PARAMETER = {
 }
 # What a replay repeats besides status and body (the rest is per response: ids, CORS, ...).
 KEPT_HEADERS = ("content-type", "location", "etag")
-PURGE_BATCH = 1000
-_PURGE_INTERVAL_MAX = 60.0
+# Expired keys a claim deletes at most. Above 1 so that a backlog (from a burst, or a pause in
+# keyed writes) is worked off by the writes that follow; small, so no request pays for a batch.
+PURGE_PER_CLAIM = 8
 
 _keys: Table = IdempotencyKey.__table__  # type: ignore[attr-defined]
 _k = _keys.c
@@ -112,8 +114,23 @@ _k = _keys.c
 _THIS_KEY = (_k.user_id == bindparam("owner_id")) & (_k.key == bindparam("idempotency_key"))
 
 
+_EXPIRED = (
+    select(_k.user_id, _k.key)
+    .where(_k.expires_at < bindparam("now"), ~_THIS_KEY)  # never the key being claimed
+    .limit(PURGE_PER_CLAIM)
+)
+# SQLite: a statement of its own (it has no DELETE in a WITH clause, nor row locks).
+_PURGE: Delete = delete(_keys).where(tuple_(_k.user_id, _k.key).in_(_EXPIRED.scalar_subquery()))
+
+
 def _claim_statement(dialect: Any) -> Insert:
     stmt = dialect.insert(_keys)
+    if dialect is postgresql:
+        # The purge rides along with the claim: no round trip of its own. SKIP LOCKED: claims
+        # running at the same moment delete different rows, and none waits for another.
+        expired = _EXPIRED.with_for_update(skip_locked=True).scalar_subquery()
+        purge = delete(_keys).where(tuple_(_k.user_id, _k.key).in_(expired)).cte("purged")
+        stmt = stmt.add_cte(purge)
     fresh = {name: stmt.excluded[name] for name in ("fingerprint", "claim", "created_at")}
     return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
         index_elements=[_k.user_id, _k.key],
@@ -144,14 +161,6 @@ _STORE = (
 )
 _RELEASE = delete(_keys).where(
     _THIS_KEY & (_k.claim == bindparam("held")) & _k.status_code.is_(None)
-)
-_PURGE: Delete = delete(_keys).where(
-    tuple_(_k.user_id, _k.key).in_(
-        select(_k.user_id, _k.key)
-        .where(_k.expires_at < bindparam("now"))
-        .limit(bindparam("batch"))
-        .scalar_subquery()
-    )
 )
 
 
@@ -196,14 +205,11 @@ class _Kept:
 
 
 class IdempotencyKeys:
-    """Runs writes under an Idempotency-Key; one per app (it remembers when it last purged)."""
+    """Runs writes under an Idempotency-Key (one per app)."""
 
     def __init__(self, *, ttl_seconds: int, in_progress_seconds: int) -> None:
         self.ttl = timedelta(seconds=ttl_seconds)
         self.in_progress = timedelta(seconds=in_progress_seconds)
-        self.purge_interval = min(float(ttl_seconds), _PURGE_INTERVAL_MAX)
-        self._last_purge = float("-inf")
-        self._purge_lock = threading.Lock()
 
     def run(
         self,
@@ -214,7 +220,6 @@ class IdempotencyKeys:
         action: Callable[[], Response],
     ) -> Response:
         """`action()`'s answer, or the answer kept from the first request with this key."""
-        self._purge_now_and_then(work)
         claim = secrets.token_hex(16)
         for _attempt in range(3):
             if self._claim(work, key, fingerprint, claim):
@@ -235,7 +240,10 @@ class IdempotencyKeys:
             "created_at": now,
             "expires_at": now + self.in_progress,
         }
-        claimed = work.execute(_CLAIM[work.dialect_name], {**values, "now": now}).first()
+        this_key = {"owner_id": work.owner_id, "idempotency_key": key, "now": now}
+        if work.dialect_name == "sqlite":
+            work.execute(_PURGE, this_key)
+        claimed = work.execute(_CLAIM[work.dialect_name], {**values, **this_key}).first()
         return claimed is not None
 
     def _kept(self, work: UnitOfWork, key: str) -> _Kept | None:
@@ -277,13 +285,6 @@ class IdempotencyKeys:
             "new_response_body": bytes(response.body),
             "kept_until": utcnow() + self.ttl,
         }
-
-    def _purge_now_and_then(self, work: UnitOfWork) -> None:
-        with self._purge_lock:
-            if time.monotonic() - self._last_purge < self.purge_interval:
-                return
-            self._last_purge = time.monotonic()
-        work.execute(_PURGE, {"now": utcnow(), "batch": PURGE_BATCH})
 
 
 class _LostClaim(Exception):
