@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import psycopg2  # type: ignore[import-untyped]
 import psycopg2.extensions  # type: ignore[import-untyped]
 from sqlalchemy import Connection, CursorResult, Engine, Executable
+from sqlalchemy.exc import DBAPIError
 
 from todo_api.deadlines import StatementTimeout, Watchdog
 
@@ -221,7 +222,10 @@ class UnitOfWork:
         conn = self._conn
         assert conn is not None
         try:
-            conn.exec_driver_sql(statement)
+            if isinstance(self._dbapi, StatementConnection):
+                self._send(conn, statement)
+            else:
+                conn.exec_driver_sql(statement)
         except Exception:
             # The transaction's fate is unknown (or the connection gone): the connection must
             # never go back to the pool (close() sees its open transaction and drops it).
@@ -231,6 +235,16 @@ class UnitOfWork:
             self._in_transaction = False
             if isinstance(self._dbapi, StatementConnection) and not self._dbapi.closed:
                 self._dbapi.prefix = self._dbapi.then = self._settings
+
+    def _send(self, conn: Connection, statement: str) -> None:
+        """COMMIT or ROLLBACK straight on the cursor (watched like any statement), without
+        SQLAlchemy's execution machinery; its errors wrapped as SQLAlchemy would."""
+        try:
+            with self._dbapi.cursor() as cursor:
+                cursor.execute(statement)
+        except psycopg2.Error as error:
+            conn.invalidate(error)
+            raise DBAPIError.instance(statement, None, error, psycopg2.Error) from error
 
     def _connection(self) -> Connection:
         conn = self._conn
@@ -264,5 +278,5 @@ class UnitOfWork:
 
 def _left_mid_transaction(dbapi: Any) -> bool:
     if isinstance(dbapi, psycopg2.extensions.connection):
-        return bool(dbapi.closed) or dbapi.info.transaction_status != _IDLE
+        return bool(dbapi.closed) or dbapi.get_transaction_status() != _IDLE
     return bool(getattr(dbapi, "in_transaction", False))

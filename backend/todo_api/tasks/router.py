@@ -2,7 +2,7 @@
 
 Handlers are plain `def`: FastAPI runs each in the threadpool once, and all of a request's
 database work happens inside that one call, on the request's unit of work (`Work`: the verified
-owner's, see todo_api/work.py), which is closed as soon as the handler returns.
+owner's, see todo_api/work.py), which WorkRoute closes as soon as the handler returns.
 """
 
 from typing import Annotated, Any
@@ -24,13 +24,13 @@ from todo_api.tasks.models import (
     TaskStatus,
     TaskUpdate,
 )
-from todo_api.work import Work, expected_versions, write
+from todo_api.work import Work, WorkRoute, expected_versions, write
 
 LIST_LIMIT_DEFAULT = 100
 LIST_LIMIT_MAX = 500
 INT32_MAX = 2**31 - 1
 
-router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"])
+router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"], route_class=WorkRoute)
 
 
 def _digits_only(value: object) -> object:
