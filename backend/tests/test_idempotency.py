@@ -15,7 +15,7 @@ from tests.retry_support import keys_of, new_key, tasks_of, writes_held
 from tests.support import as_app_role, auth, random_user, running_app, settings_for
 from tests.test_row_level_security import owner_work
 from todo_api.db import create_db_engine
-from todo_api.idempotency import PURGE_PER_CLAIM, IdempotencyKey, fingerprint
+from todo_api.idempotency import _EXPIRED, PURGE_PER_CLAIM, IdempotencyKey, fingerprint
 from todo_api.migrate import migrate
 
 REPLAYED = "idempotent-replayed"
@@ -416,6 +416,28 @@ class TestRowLevelSecurity:
             mine = conn.execute(sa.text("DELETE FROM idempotency_keys WHERE key = 'live'"))
             assert mine.rowcount == 0
         assert self.keys_seen(app_engine, "alice") == ["live"]
+
+    def test_the_purge_reads_the_expiry_index_not_the_table(self, app_engine):
+        """Each claim looks for a few expired keys: that must read the expiry index from its
+        oldest entry, whatever the statistics say, never the whole table (without its ORDER
+        BY the planner chose a Seq Scan here: 2 ms a claim at 10,000 keys, growing with it)."""
+        with owner_work(app_engine, "alice") as work:
+            work.exec_driver_sql(
+                "INSERT INTO idempotency_keys (user_id, key, fingerprint, claim, created_at, "
+                "expires_at) SELECT 'alice', 'key-' || g, 'f', 'c', now(), "
+                "now() + (CASE WHEN mod(g, 2) = 0 THEN 1 ELSE -1 END) * interval '1 hour' "
+                "FROM generate_series(1, 4000) g"
+            )
+            work.exec_driver_sql("ANALYZE idempotency_keys")
+            expired = _EXPIRED.with_for_update(skip_locked=True).compile(app_engine)
+            params = {
+                **expired.params,
+                "now": datetime.now(UTC),
+                "owner_id": "x",
+                "idempotency_key": "y",
+            }
+            plan = "\n".join(row[0] for row in work.exec_driver_sql(f"EXPLAIN {expired}", params))
+        assert "ix_idempotency_keys_expires_at" in plan and "Seq Scan" not in plan, plan
 
     def test_no_key_can_be_written_in_another_users_name(self, app_engine):
         with pytest.raises(sa.exc.ProgrammingError, match="row-level security"):

@@ -114,9 +114,12 @@ _k = _keys.c
 _THIS_KEY = (_k.user_id == bindparam("owner_id")) & (_k.key == bindparam("idempotency_key"))
 
 
+# ORDER BY: read off the expires_at index from its oldest entry, stopping at the first live key.
+# Without it the planner may scan the whole table for 8 rows on every keyed write.
 _EXPIRED = (
     select(_k.user_id, _k.key)
     .where(_k.expires_at < bindparam("now"), ~_THIS_KEY)  # never the key being claimed
+    .order_by(_k.expires_at)
     .limit(PURGE_PER_CLAIM)
 )
 # SQLite: a statement of its own (it has no DELETE in a WITH clause, nor row locks).
