@@ -52,7 +52,7 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     uv build --wheel --out-dir /dist
 
 # The test suite, run by docker-compose.test.yml against a throwaway PostgreSQL. The files are
-# laid out as in the repository because tests/test_deploy.py validates the deployment files.
+# laid out as in the repository because tests/deploy/test_deploy.py validates the deployment files.
 FROM builder AS test
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-editable

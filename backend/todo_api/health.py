@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from todo_api.drain import draining
 from todo_api.state import app_state
 
 router = APIRouter(include_in_schema=False)
@@ -25,6 +26,8 @@ async def livez() -> dict[str, str]:
 @router.api_route("/readyz", methods=["GET", "HEAD"])
 async def readyz(request: Request) -> JSONResponse:
     """The database answers within READINESS_TIMEOUT_SECONDS, else 503 with the reason."""
+    if draining():  # SIGTERM: out of rotation before the listeners close (todo_api/drain.py)
+        return JSONResponse({"status": "unavailable", "reason": "draining"}, status_code=503)
     state = app_state(request)
     engine, timeout = state.probe_engine, state.settings.readiness_timeout_seconds
     reason = None

@@ -12,7 +12,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.routing import Mount
 
 from todo_api import health
-from todo_api.auth import TokenVerifier
+from todo_api.auth import TokenVerifier, path_user
 from todo_api.config import Settings, get_settings
 from todo_api.db import create_db_engine
 from todo_api.http import BodySizeLimit, CatchAll, install_error_handlers
@@ -21,6 +21,7 @@ from todo_api.migrate import migrate
 from todo_api.observability import RequestContext, install_metrics, on_not_ready
 from todo_api.state import STATE_KEY, AppState
 from todo_api.tasks.router import router as tasks_router
+from todo_api.work import owners_work
 
 DOCS_ASSETS = "/docs/assets"
 
@@ -81,7 +82,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(CatchAll)  # innermost: its 500 passes through metrics, CORS and ids
     metrics = install_metrics(app, settings)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        # A request without valid credentials is answered before its body is waited for.
+        # (The routes' dependency is the unit of work of the token's user; the check is the
+        # token check it starts with.)
+        credentials=(
+            owners_work,
+            lambda request: path_user(request, request.path_params["user_id"]),
+        ),
+    )
     # Outside everything that answers with an error, so 401, 403, 404, 413 and 422 carry the
     # CORS headers too and a browser sees the real status.
     app.add_middleware(
