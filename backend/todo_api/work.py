@@ -11,12 +11,13 @@ refused before its route runs holds none).
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import Depends, HTTPException, Path, Request, Response, status
+from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.routing import APIRoute
 
-from todo_api.auth import PathUser
+from todo_api.auth import PathUser, path_user
 from todo_api.conditional import PreconditionFailed, Version, etag, if_match
 from todo_api.idempotency import fingerprint, key_of
 from todo_api.state import app_state
@@ -24,7 +25,19 @@ from todo_api.unit_of_work import UnitOfWork
 
 
 class OwnersWork(PathUser):
-    """The unit of work of the path's user, once their bearer token is verified (401, 403)."""
+    """The unit of work of the path's user, once their bearer token is verified (401, 403).
+
+    Declared as the same bearer scheme as `scheme` (todo_api.auth.path_user), so the OpenAPI
+    document does not change."""
+
+    def __init__(self, scheme: PathUser) -> None:
+        model = cast(HTTPBearerModel, scheme.model)
+        super().__init__(
+            auto_error=scheme.auto_error,
+            bearerFormat=model.bearerFormat,
+            scheme_name=scheme.scheme_name,
+            description=model.description,
+        )
 
     async def __call__(  # type: ignore[override]
         self,
@@ -35,12 +48,7 @@ class OwnersWork(PathUser):
         return UnitOfWork(app_state(request).engine, claims)
 
 
-owners_work = OwnersWork(
-    auto_error=False,
-    bearerFormat="JWT",
-    scheme_name="HTTPBearer",  # the name the OpenAPI document has always used
-    description="A Better Auth JWT (EdDSA/ES256/RS256 via JWKS, or HS256 with the shared secret)",
-)
+owners_work = OwnersWork(path_user)
 Work = Annotated[UnitOfWork, Depends(owners_work)]
 WORK_PARAMETER = "work"
 
