@@ -246,8 +246,10 @@ def product_list_sql(url: str, user_id: str, limit: int = 50) -> tuple[str, str]
         from sqlalchemy import create_engine, event
         from sqlalchemy.pool import NullPool
 
+        from todo_api.auth import Claims
         from todo_api.db import normalise_url
         from todo_api.tasks import service
+        from todo_api.unit_of_work import UnitOfWork
 
         engine = create_engine(normalise_url(url), poolclass=NullPool)
         sent: list[str] = []
@@ -256,13 +258,13 @@ def product_list_sql(url: str, user_id: str, limit: int = 50) -> tuple[str, str]
             sent.append(cursor.mogrify(statement, params).decode())
 
         event.listen(engine, "before_cursor_execute", capture)
+        work = UnitOfWork(engine, Claims(sub=user_id, exp=0))
         try:
-            with engine.begin() as conn:
-                service.list_tasks(
-                    conn, owner_id=user_id, status="all", sort="created", order="desc",
-                    limit=limit, offset=0,
-                )  # fmt: skip
+            service.list_tasks(
+                work, status="all", sort="created", order="desc", limit=limit, offset=0
+            )
         finally:
+            work.close()
             engine.dispose()
         return next(sql for sql in sent if "FROM tasks" in sql), "sent by todo_api.tasks.service"
     except Exception as error:  # the product's internals moved: say so, explain the copy

@@ -20,6 +20,7 @@ from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPBearer
 
 from todo_api.config import Settings
+from todo_api.state import app_state
 
 log = logging.getLogger("todo_api.auth")
 _jwks_threads = anyio.CapacityLimiter(4)
@@ -336,11 +337,12 @@ class PathUser(HTTPBearer):
         user_id: Annotated[str, Path(description="The signed-in user's id (the token's sub)")],
     ) -> Claims:
         credentials = await super().__call__(request)
-        on_failure = request.app.state.on_auth_failure
+        state = app_state(request)
+        on_failure = state.on_auth_failure
         if credentials is None:
             on_failure("missing")
             raise unauthorized("Not authenticated")
-        verifier: TokenVerifier = request.app.state.verifier
+        verifier = state.verifier
         try:
             claims = await verifier.verify(credentials.credentials)
         except AuthError as error:

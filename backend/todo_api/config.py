@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     db_connect_timeout: int = Field(default=5, ge=1, le=120)
     db_statement_timeout_seconds: float = Field(default=5.0, ge=0, le=MAX_TIMEOUT_SECONDS)
     db_client_timeout_seconds: float = Field(default=6.0, ge=0, le=MAX_TIMEOUT_SECONDS)
+    # How an overdue statement is cancelled: "auto" uses libpq 17's bounded cancel when the
+    # libpq psycopg2 is linked with has it, else the older one; "legacy" forces the older one.
+    db_cancel_api: Literal["auto", "legacy"] = "auto"
     migrate_on_start: bool = True
     migration_lock_timeout_seconds: float = Field(default=60.0, gt=0, le=MAX_TIMEOUT_SECONDS)
     migration_statement_timeout_seconds: float = Field(default=300.0, gt=0, le=MAX_TIMEOUT_SECONDS)

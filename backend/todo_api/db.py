@@ -1,20 +1,22 @@
-"""Engine creation (URL normalising, pool, SQLite pragmas), the request's owner for PostgreSQL's
-row-level security, and the UTC timestamp column type."""
+"""Engine creation (URL normalising, pool, SQLite pragmas) and the UTC timestamp column type.
+
+What a request's statements carry (owner, deadlines) and how its transactions run is
+todo_api/unit_of_work.py's job."""
 
 import logging
 import time
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, DateTime, Engine, create_engine, event
+from sqlalchemy import DateTime, Engine, create_engine, event
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 
 from todo_api.config import Settings
-from todo_api.deadlines import deadline_cursor
+from todo_api.deadlines import cancel_warning
+from todo_api.unit_of_work import guard, statement_classes, unguarded
 
 log = logging.getLogger("todo_api.db")
 
@@ -38,8 +40,9 @@ def create_db_engine(
     use, for migrations and the readiness probe; on PostgreSQL with ordinary transactions).
     `probe_timeout`: the readiness probe's bound on each statement, server- and client-side.
 
-    Every request runs a single SQL statement (one statement is atomic on its own), so autocommit
-    saves the BEGIN and COMMIT round trips; what is acknowledged has been committed.
+    Most requests run a single SQL statement (one statement is atomic on its own), so autocommit
+    saves the BEGIN and COMMIT round trips; what is acknowledged has been committed. A unit of work
+    that needs a transaction sends BEGIN and COMMIT itself (todo_api/unit_of_work.py).
     """
     target = make_url(normalise_url(url or settings.database_url))
     # hide_parameters: error messages (and so logs) never carry titles, emails or other user data.
@@ -69,13 +72,20 @@ def create_db_engine(
         if probe_timeout:
             # The probe gives up waiting after this long; its statement must end too, or each
             # probe against a saturated pooler leaves a thread and a connection queued there.
-            connect_args["cursor_factory"] = deadline_cursor(probe_timeout, probe_timeout)
+            connect_args.update(statement_classes(probe_timeout, probe_timeout, guarded=False))
         return create_engine(target, connect_args=connect_args, **pool_args)
-    cursor_class = deadline_cursor(
-        settings.db_statement_timeout_seconds, settings.db_client_timeout_seconds
+    legacy_cancel = settings.db_cancel_api == "legacy"
+    if settings.db_client_timeout_seconds and (warning := cancel_warning(legacy_cancel)):
+        log.warning(warning)
+    connect_args.update(
+        statement_classes(
+            settings.db_statement_timeout_seconds,
+            settings.db_client_timeout_seconds,
+            guarded=True,
+            legacy_cancel=legacy_cancel,
+            cancel_wait=settings.db_connect_timeout,
+        )
     )
-    if cursor_class is not None:
-        connect_args["cursor_factory"] = cursor_class
     engine = create_engine(
         target,
         connect_args=connect_args,
@@ -85,60 +95,10 @@ def create_db_engine(
     )
     if settings.db_pool_pre_ping:
         _ping_idle_connections(engine, settings.db_ping_after_idle_seconds)
-    _send_owner_with_each_statement(engine)
     event.listen(engine, "connect", _warn_if_row_security_is_bypassed, once=True)
+    # Last: SQLAlchemy's own first-connect queries and the check above run unguarded.
+    event.listen(engine, "connect", guard)
     return engine
-
-
-def owner_connection(engine: Engine, owner_id: str) -> Connection:
-    """A connection on which every statement runs as `owner_id` for row-level security."""
-    return engine.connect().execution_options(owner_id=owner_id)
-
-
-# The owner travels as a bound parameter: psycopg2 quotes it (client-side) like any other value.
-# SET LOCAL is set_config(..., true) as a utility statement: nothing to plan, and about 5 us
-# less server CPU per request than `SELECT set_config(...)` (measured; see specs/security.md).
-_SET_OWNER = "SET LOCAL app.user_id = %(rls_owner_id)s; "
-
-
-def _send_owner_with_each_statement(engine: Engine) -> None:
-    """Prefix each statement of an `owner_connection` with the owner, in the same query string.
-
-    The policy on `tasks` (migration 0003_tasks_row_level_security) compares `user_id` with
-    the setting `app.user_id`. psycopg2 sends the whole string in one simple-protocol Query
-    message, which PostgreSQL runs as ONE implicit transaction (even on our autocommit
-    connections), so:
-    - the setting is transaction-local (SET LOCAL): it ends with the statement, and the next
-      client of the same server connection (PgBouncer in transaction mode, Neon's pooled
-      endpoint) never inherits it, where a plain `SET` would stay on the session and leak;
-    - the setting and the statement cost one network round trip together;
-    - psycopg2 answers with the last statement's rows and rowcount: the caller's statement.
-    Inside an explicit transaction the setting lasts until its end, which is as correct.
-    A statement with positional parameters (exec_driver_sql) is sent as it is: it sees no task
-    at all (fail closed). psycopg 3 binds parameters on the server and refuses several
-    statements in one string: moving to it would need its pipeline mode instead.
-
-    Dialect-level hooks rather than `before_cursor_execute`: any Connection-level listener
-    switches every execution onto SQLAlchemy's event path (about 25 us more per request).
-    """
-
-    @event.listens_for(engine, "do_execute")
-    def _execute(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
-        owner = context.execution_options.get("owner_id")
-        if owner is None or not isinstance(parameters, Mapping):
-            return False  # SQLAlchemy executes the statement as it is
-        cursor.execute(_SET_OWNER + statement, {**parameters, "rls_owner_id": owner})
-        return True
-
-    @event.listens_for(engine, "do_executemany")
-    def _executemany(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
-        owner = context.execution_options.get("owner_id")
-        if owner is None or not all(isinstance(row, Mapping) for row in parameters):
-            return False
-        cursor.executemany(
-            _SET_OWNER + statement, [{**row, "rls_owner_id": owner} for row in parameters]
-        )
-        return True
 
 
 def _warn_if_row_security_is_bypassed(dbapi_connection: Any, _record: Any) -> None:
@@ -182,7 +142,7 @@ def _ping_idle_connections(engine: Engine, idle_seconds: float) -> None:
         if returned_at is None or time.monotonic() - returned_at < idle_seconds:
             return
         try:
-            with dbapi_connection.cursor() as cursor:
+            with unguarded(dbapi_connection), dbapi_connection.cursor() as cursor:
                 cursor.execute("SELECT 1")
         except Exception as error:
             raise DisconnectionError(str(error)) from error

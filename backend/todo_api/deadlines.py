@@ -1,27 +1,25 @@
 """A time bound on every statement of the request engine, kept by the server and by the client.
 
-The server's: `statement_timeout`, sent as `SET LOCAL` in the same query string as the statement
-(one round trip; several statements in one simple query run as one transaction, so the setting
-covers exactly this statement). A session-level SET would leak to other clients through a
+The server's: `statement_timeout`, sent as `SET LOCAL` with each transaction's first statement
+(todo_api/unit_of_work.py). A session-level SET would leak to other clients through a
 transaction-mode pooler, and Neon's pooler ignores the startup `options` parameter.
 
 The client's: `statement_timeout` cannot see the time a statement spends queued in a pooler (Neon's
 queues a client for up to 120 s) or waiting on an unreachable server. A watchdog thread cancels an
-overdue statement through libpq (bounded by connect_timeout), then shuts its connection's socket
-down, which unblocks the waiting thread at once (PgBouncer drops a cancel request for a client that
-is still in its queue). The statement then fails with `StatementTimeout`, and its connection is
-closed, so the pool replaces it and a late cancel can never hit a later statement. psycopg2 has no
-client-side timeout of its own, hence this small hand-written one.
+overdue statement through libpq (libpq 17's PQcancelBlocking, bounded by connect_timeout; with an
+older libpq, PQcancel in a thread of its own, waited for at most connect_timeout), then shuts its
+connection's socket down, which unblocks the waiting thread at once (PgBouncer drops a cancel
+request for a client that is still in its queue). The statement then fails with `StatementTimeout`,
+and its connection is closed, so the pool replaces it and a late cancel can never hit a later
+statement. psycopg2 has no client-side timeout of its own, hence this small hand-written one.
 """
 
-import contextlib
 import ctypes
 import os
 import socket
 import threading
 import time
-import weakref
-from typing import Any, ClassVar
+from typing import Any
 
 # psycopg2 ships no type hints (and types-psycopg2 is not a dependency): its names are Any here.
 import psycopg2  # type: ignore[import-untyped]
@@ -42,8 +40,12 @@ class StatementTimeout(QueryCanceled):  # type: ignore[misc]
 class Watchdog:
     """Abandons statements that run past their deadline (one thread per engine)."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(
+        self, seconds: float, *, legacy_cancel: bool = False, cancel_wait: float = 5
+    ) -> None:
         self.seconds = seconds
+        self.legacy_cancel = legacy_cancel or _LIBPQ is None
+        self.cancel_wait = cancel_wait
         # id(cursor) -> (deadline, connection, socket fd), for the statements now running.
         self._running: dict[int, tuple[float, Any, int]] = {}
         self._abandoning: set[int] = set()
@@ -97,18 +99,21 @@ class Watchdog:
 
     def _abandon(self, key: int, connection: Any, fd: int) -> None:
         try:
-            _abandon(connection, fd)
+            _abandon(connection, fd, self.legacy_cancel, self.cancel_wait)
         finally:
             with self._lock:
                 self._abandoning.discard(key)
                 self._lock.notify_all()
 
 
-def _abandon(connection: Any, fd: int) -> None:
+def _abandon(connection: Any, fd: int, legacy: bool, wait: float) -> None:
     # The cancel stops a statement that runs (or waits on a lock) on the server, so that it is
     # not applied later; the shutdown frees a client still queued in a pooler, which drops it.
     # The cancel goes first: a pooler drops a cancel for a client that has already gone.
-    _cancel(connection)
+    if legacy:
+        _cancel_unbounded(connection, wait)
+    else:
+        _cancel(connection)
     try:
         with socket.socket(fileno=os.dup(fd)) as sock:
             sock.shutdown(socket.SHUT_RDWR)
@@ -116,34 +121,57 @@ def _abandon(connection: Any, fd: int) -> None:
         pass
 
 
-def _libpq_cancel() -> Any:
+def _libpq() -> Any:
     """libpq's cancel functions, from the library psycopg2 itself is linked with.
 
     psycopg2's `connection.cancel()` holds the interpreter lock through the whole cancel
     request, with no time bound: a pooler or server that stops answering froze every thread of
-    the worker. libpq 17's PQcancelBlocking honours the connection's connect_timeout, and a
-    ctypes call releases the interpreter lock; psycopg2 offers neither, hence these few lines.
+    the worker. A ctypes call releases the interpreter lock; libpq 17's PQcancelBlocking also
+    honours the connection's connect_timeout. psycopg2 offers neither, hence these few lines.
     """
     library = ctypes.CDLL(psycopg2._psycopg.__file__)  # dlsym also searches its libpq
-    if not hasattr(library, "PQcancelCreate"):
-        return None
-    library.PQcancelCreate.argtypes = [ctypes.c_void_p]
-    library.PQcancelCreate.restype = ctypes.c_void_p
-    library.PQcancelBlocking.argtypes = [ctypes.c_void_p]
-    library.PQcancelBlocking.restype = ctypes.c_int
-    library.PQcancelFinish.argtypes = [ctypes.c_void_p]
-    library.PQcancelFinish.restype = None
+    library.PQgetCancel.argtypes = [ctypes.c_void_p]
+    library.PQgetCancel.restype = ctypes.c_void_p
+    library.PQcancel.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
+    library.PQcancel.restype = ctypes.c_int
+    library.PQfreeCancel.argtypes = [ctypes.c_void_p]
+    library.PQfreeCancel.restype = None
+    if hasattr(library, "PQcancelCreate"):
+        library.PQcancelCreate.argtypes = [ctypes.c_void_p]
+        library.PQcancelCreate.restype = ctypes.c_void_p
+        library.PQcancelBlocking.argtypes = [ctypes.c_void_p]
+        library.PQcancelBlocking.restype = ctypes.c_int
+        library.PQcancelFinish.argtypes = [ctypes.c_void_p]
+        library.PQcancelFinish.restype = None
     return library
 
 
-_LIBPQ = _libpq_cancel()
+_LIBPQ = _libpq()
+# Unbounded cancels still waiting (legacy only): past this many, an overdue statement is only
+# cut off, and the server's statement_timeout ends it; no thread piles up behind a dead pooler.
+_UNBOUNDED_CANCELS = threading.BoundedSemaphore(8)
+
+
+def bounded_cancel_available() -> bool:
+    """Whether psycopg2's libpq has PQcancelBlocking (libpq 17 and later)."""
+    return hasattr(_LIBPQ, "PQcancelCreate")
+
+
+def cancel_warning(legacy: bool) -> str | None:
+    """The start-up line for a worker whose overdue statements get the unbounded cancel."""
+    if not legacy and bounded_cancel_available():
+        return None
+    version = psycopg2.extensions.libpq_version()
+    reason = "DB_CANCEL_API=legacy" if bounded_cancel_available() else f"libpq {version}"
+    return (
+        f"{reason}: no PQcancelBlocking (libpq >= 17), so an overdue statement's cancel request "
+        "runs unbounded in a background thread; requests still end at DB_CLIENT_TIMEOUT_SECONDS "
+        "(plus DB_CONNECT_TIMEOUT at most). To bound it, install psycopg2-binary (it bundles "
+        "libpq 17) or build psycopg2 against libpq >= 17"
+    )
 
 
 def _cancel(connection: Any) -> None:
-    if _LIBPQ is None:  # libpq before 17: psycopg2's own, unbounded
-        with contextlib.suppress(psycopg2.Error):
-            connection.cancel()
-        return
     pgconn = connection.pgconn_ptr  # None once closed
     if pgconn is None:
         return
@@ -155,54 +183,25 @@ def _cancel(connection: Any) -> None:
             _LIBPQ.PQcancelFinish(cancel)
 
 
-class DeadlineCursor(psycopg2.extensions.cursor):  # type: ignore[misc]
-    """psycopg2's cursor with the statement timeout prefixed and the client deadline kept."""
+def _cancel_unbounded(connection: Any, wait: float) -> None:
+    """PQcancel in a thread of its own, waited for at most `wait` seconds."""
+    pgconn = connection.pgconn_ptr
+    if pgconn is None or not _UNBOUNDED_CANCELS.acquire(blocking=False):
+        return
+    # A copy of what the cancel needs (address, keys): independent of the connection, which
+    # may be closed while the request is still on its way.
+    cancel = _LIBPQ.PQgetCancel(pgconn)
+    if not cancel:
+        _UNBOUNDED_CANCELS.release()
+        return
 
-    prefix: ClassVar[str] = ""
-    watchdog: ClassVar[Watchdog | None] = None
-
-    def execute(self, query: Any, vars: Any = None) -> None:
-        if isinstance(query, str):
-            query = self.prefix + query
-        watchdog = self.watchdog
-        if watchdog is None:
-            super().execute(query, vars)
-            return
-        key = id(self)
-        watchdog.start(key, self.connection)
+    def send() -> None:
         try:
-            super().execute(query, vars)
-        except psycopg2.Error as error:
-            if watchdog.finish(key):
-                raise self._timed_out(watchdog) from error
-            raise
-        except BaseException:
-            # Refused by the driver before it sent anything (a parameter it cannot encode): the
-            # connection is fine and goes back to the pool, so it must not stay watched.
-            if watchdog.finish(key):
-                self.connection.close()
-            raise
-        if watchdog.finish(key):
-            # It completed just as the deadline passed, but its socket is shut down by now.
-            raise self._timed_out(watchdog)
+            _LIBPQ.PQcancel(cancel, ctypes.create_string_buffer(256), 256)
+        finally:
+            _LIBPQ.PQfreeCancel(cancel)
+            _UNBOUNDED_CANCELS.release()
 
-    def _timed_out(self, watchdog: Watchdog) -> StatementTimeout:
-        # Closed, so SQLAlchemy sees a disconnect and drops the connection from its pool.
-        self.connection.close()
-        return StatementTimeout(f"no answer from the database within {watchdog.seconds:g} s")
-
-
-def deadline_cursor(statement_timeout: float, client_timeout: float) -> type[DeadlineCursor] | None:
-    """A cursor class for one engine, with its own watchdog; None when both bounds are off (0)."""
-    if not statement_timeout and not client_timeout:
-        return None
-    prefix = f"SET LOCAL statement_timeout = {round(statement_timeout * 1000)};"
-    watchdog = Watchdog(client_timeout) if client_timeout else None
-    attributes = {"prefix": prefix if statement_timeout else "", "watchdog": watchdog}
-    cursor_class = type("EngineDeadlineCursor", (DeadlineCursor,), attributes)
-    if watchdog is not None:
-        # The thread ends with the engine whose connections make these cursors. Not through an
-        # engine event: any listener on an engine's connection events sends every execution
-        # down SQLAlchemy's slower event path (about 25 us a request, measured).
-        weakref.finalize(cursor_class, watchdog.stop)
-    return cursor_class
+    sender = threading.Thread(target=send, name="db-cancel-unbounded", daemon=True)
+    sender.start()
+    sender.join(wait)

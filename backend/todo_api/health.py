@@ -8,6 +8,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from todo_api.drain import draining
+from todo_api.state import app_state
 
 router = APIRouter(include_in_schema=False)
 
@@ -27,8 +28,8 @@ async def readyz(request: Request) -> JSONResponse:
     """The database answers within READINESS_TIMEOUT_SECONDS, else 503 with the reason."""
     if draining():  # SIGTERM: out of rotation before the listeners close (todo_api/drain.py)
         return JSONResponse({"status": "unavailable", "reason": "draining"}, status_code=503)
-    engine: Engine = request.app.state.probe_engine
-    timeout: float = request.app.state.settings.readiness_timeout_seconds
+    state = app_state(request)
+    engine, timeout = state.probe_engine, state.settings.readiness_timeout_seconds
     reason = None
     with anyio.move_on_after(timeout) as scope:
         try:
@@ -40,7 +41,7 @@ async def readyz(request: Request) -> JSONResponse:
     if scope.cancelled_caught:
         reason = f"database did not answer within {timeout:g}s"
     if reason is not None:
-        request.app.state.on_not_ready(reason)
+        state.on_not_ready(reason)
         return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
     return JSONResponse({"status": "ok"})
 

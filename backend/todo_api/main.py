@@ -1,8 +1,9 @@
 """The application factory: settings -> a FastAPI app with its engine, verifier and routes."""
 
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI
@@ -15,10 +16,12 @@ from todo_api.auth import TokenVerifier, path_user
 from todo_api.config import Settings, get_settings
 from todo_api.db import create_db_engine
 from todo_api.http import BodySizeLimit, CatchAll, install_error_handlers
+from todo_api.idempotency import REPLAYED, IdempotencyKeys
 from todo_api.migrate import migrate
 from todo_api.observability import RequestContext, install_metrics, on_not_ready
-from todo_api.tasks.idempotency import REPLAYED, IdempotencyKeys
+from todo_api.state import STATE_KEY, AppState
 from todo_api.tasks.router import router as tasks_router
+from todo_api.work import owners_work
 
 DOCS_ASSETS = "/docs/assets"
 
@@ -26,32 +29,45 @@ DOCS_ASSETS = "/docs/assets"
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
+    verifier = TokenVerifier(settings)
+    idempotency_keys = IdempotencyKeys(
+        ttl_seconds=settings.idempotency_ttl_seconds,
+        in_progress_seconds=settings.idempotency_in_progress_seconds,
+    )
+
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[Mapping[str, Any]]:
         settings.require_token_keys()
         if settings.migrate_on_start:
             await anyio.to_thread.run_sync(migrate, settings)
         engine = create_db_engine(settings)
         metrics.watch_pool(engine)
-        # Readiness opens its own connection: a busy request pool must not look like a database
-        # outage (every pod would leave the load balancer at once under load).
-        app.state.probe_engine = create_db_engine(
-            settings, pooled=False, probe_timeout=settings.readiness_timeout_seconds
-        )
         # Each request takes one thread and one connection at a time, so as many threads as
         # connections: no request holds a thread while it waits for a connection.
         limiter = anyio.to_thread.current_default_thread_limiter()
         limiter.total_tokens = settings.db_pool_size + settings.db_max_overflow
-        app.state.engine = engine
+        state = AppState(
+            settings=settings,
+            engine=engine,
+            # Readiness opens its own connection: a busy request pool must not look like a
+            # database outage (every pod would leave the load balancer at once under load).
+            probe_engine=create_db_engine(
+                settings, pooled=False, probe_timeout=settings.readiness_timeout_seconds
+            ),
+            verifier=verifier,
+            idempotency_keys=idempotency_keys,
+            on_auth_failure=lambda reason: metrics.auth_failures.labels(reason).inc(),
+            on_not_ready=on_not_ready(metrics),
+        )
         # Everything built so far lives as long as the process: keep the garbage collector from
         # walking it again on every full collection (shorter pauses, so a lower p99).
         gc.collect()
         gc.freeze()
         try:
-            yield
+            yield {STATE_KEY: state}
         finally:
             engine.dispose()
-            app.state.probe_engine.dispose()
+            state.probe_engine.dispose()
 
     # FastAPIOffline: /docs and /redoc with Swagger UI and ReDoc served from its package, not a
     # CDN, so they work air-gapped and under a Content-Security-Policy of 'self'.
@@ -64,21 +80,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # RequestContext serves every path with or without a trailing slash instead.
         redirect_slashes=False,
     )
-    app.state.settings = settings
-    app.state.verifier = TokenVerifier(settings)
-    app.state.idempotency_keys = IdempotencyKeys(
-        ttl_seconds=settings.idempotency_ttl_seconds,
-        in_progress_seconds=settings.idempotency_in_progress_seconds,
-    )
     app.add_middleware(CatchAll)  # innermost: its 500 passes through metrics, CORS and ids
     metrics = install_metrics(app, settings)
-    app.state.on_auth_failure = lambda reason: metrics.auth_failures.labels(reason).inc()
-    app.state.on_not_ready = on_not_ready(metrics)
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_body_bytes,
         # A request without valid credentials is answered before its body is waited for.
-        credentials=(path_user, lambda request: path_user(request, request.path_params["user_id"])),
+        # (The routes' dependency is the unit of work of the token's user; the check is the
+        # token check it starts with.)
+        credentials=(
+            owners_work,
+            lambda request: path_user(request, request.path_params["user_id"]),
+        ),
     )
     # Outside everything that answers with an error, so 401, 403, 404, 413 and 422 carry the
     # CORS headers too and a browser sees the real status.

@@ -12,9 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
+from tests.db.test_row_level_security import owner_work
 from tests.server.test_server_process import Server, gunicorn
 from tests.support import PostgresServer, auth, running_app, settings_for
+from tests.support.outage import StallingProxy
 from tests.support.pooler import PgBouncer, require_pgbouncer, running_pgbouncer
 from todo_api.db import create_db_engine, normalise_url
 from todo_api.migrate import migrate
@@ -145,19 +148,29 @@ def serving_through_a_pooler(
         yield pooler, server, client
 
 
+@pytest.mark.parametrize("cancel_api", ["auto", "legacy"])
 def test_a_pooler_that_stopped_answering_neither_freezes_the_worker_nor_the_request(
-    postgres: PostgresServer, database: str, tmp_path: Path
+    postgres: PostgresServer, database: str, tmp_path: Path, cancel_api: str
 ) -> None:
     """The pooler hangs (a stopped process, a paused VM): even a cancel request gets no answer.
 
     The kernel still accepts connections on a stopped process's listening socket, so the
     watchdog's cancel connects and then waits for an answer that never comes. Before the fix
     that wait was unbounded and held the interpreter lock (psycopg2's cancel()): the whole
-    worker froze, /livez included, until the pooler came back.
+    worker froze, /livez included, until the pooler came back. `legacy`: the cancel a libpq
+    before 17 offers (no PQcancelBlocking), which is unbounded: the worker must not freeze
+    either, the request still ends at its deadline, and start-up says so in one line.
     """
     with serving_through_a_pooler(
-        postgres, database, tmp_path, deadline=BOUND, DB_CONNECT_TIMEOUT=str(CONNECT_TIMEOUT)
+        postgres,
+        database,
+        tmp_path,
+        deadline=BOUND,
+        DB_CONNECT_TIMEOUT=str(CONNECT_TIMEOUT),
+        DB_CANCEL_API=cancel_api,
     ) as (pooler, server, client):
+        warned = [line for line in server.lines() if "PQcancelBlocking" in line]
+        assert len(warned) == (1 if cancel_api == "legacy" else 0), warned
         assert client.get("/api/alice/tasks", headers=ALICE).status_code == 200
         pooler.process.send_signal(signal.SIGSTOP)
         try:
@@ -248,14 +261,48 @@ def test_a_statement_the_driver_refuses_is_no_longer_watched(database: str) -> N
     """psycopg2 refuses some parameters before sending anything (a lone surrogate cannot be
     encoded) with an error that is not a database error. The connection is fine and goes back to
     the pool; the watchdog must not later cancel and cut it under its next user's statement."""
-    engine = create_db_engine(settings_for(database, db_client_timeout_seconds=0.5))
+    engine = create_db_engine(settings_for(database, db_client_timeout_seconds=0.5, db_pool_size=1))
+    refused = ("SELECT %(text)s", {"text": "\ud800"})
     try:
-        with engine.connect() as conn:
-            driver = conn.connection.dbapi_connection
-            assert driver is not None
-            with pytest.raises(UnicodeEncodeError), driver.cursor() as cursor:
-                cursor.execute("SELECT %(text)s", {"text": "\ud800"})
-            time.sleep(1.0)  # past the deadline of the refused statement
-            assert conn.execute(sa.text("SELECT 1")).scalar() == 1
+        with owner_work(engine, "alice") as work:
+            with pytest.raises(UnicodeEncodeError):
+                work.exec_driver_sql(*refused)  # with the settings: formatted before sending
+            with work.transaction():
+                assert work.exec_driver_sql("SELECT 1").scalar() == 1
+                with pytest.raises(UnicodeEncodeError):
+                    work.exec_driver_sql(*refused)  # later in a transaction: sent as it is
+                time.sleep(1.0)  # past the deadline of the refused statement
+                assert work.exec_driver_sql("SELECT 1").scalar() == 1
     finally:
         engine.dispose()
+
+
+def test_a_commit_that_gets_no_answer_is_503_in_time(database: str) -> None:
+    """The network goes silent right after a keyed write's COMMIT left: waiting for its answer
+    is a database wait like any statement's, bounded by the client deadline (before the unit
+    of work, COMMIT and ROLLBACK were not watched, and the request hung as long as the
+    silence)."""
+    upstream = make_url(database)
+    with StallingProxy(upstream.host or "127.0.0.1", upstream.port or 5432) as proxy:
+        settings = settings_for(
+            proxy.url_for(database),
+            migrate_on_start=False,
+            db_client_timeout_seconds=BOUND,
+            db_statement_timeout_seconds=0,
+            db_connect_timeout=CONNECT_TIMEOUT,
+        )
+        with running_app(settings) as client:
+            client.timeout = httpx.Timeout(20)
+            task = client.post("/api/alice/tasks", json={"title": "t"}, headers=ALICE).json()
+            proxy.stall_after(b"COMMIT\x00")
+            started = time.monotonic()
+            response = client.patch(
+                f"/api/alice/tasks/{task['id']}/complete",
+                headers=ALICE | {"Idempotency-Key": "commit-stall"},
+            )
+            elapsed = time.monotonic() - started
+            assert proxy.stalled.is_set()
+            proxy.release()
+            # The connection that waited was dropped; the next requests are served.
+            assert client.get("/api/alice/tasks", headers=ALICE).status_code == 200
+    assert_timed_out(response, elapsed - CONNECT_TIMEOUT)

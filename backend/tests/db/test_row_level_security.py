@@ -11,9 +11,11 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
+import psycopg2.extensions  # type: ignore[import-untyped]
 import pytest
 import sqlalchemy as sa
 from alembic.script import ScriptDirectory
@@ -28,9 +30,11 @@ from tests.support import (
     settings_for,
 )
 from tests.support.pooler import require_pgbouncer, running_pgbouncer
-from todo_api.db import create_db_engine, normalise_url, owner_connection
+from todo_api.auth import Claims
+from todo_api.db import create_db_engine, normalise_url
 from todo_api.migrate import alembic_config, migrate
 from todo_api.tasks.service import LIST_STATEMENTS
+from todo_api.unit_of_work import OwnerMissing, UnitOfWork
 
 MIGRATION = "0003"
 USERS = [f"u{n}" for n in range(1, 201)]
@@ -111,11 +115,20 @@ def app_engine(route: str) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-def owners_seen(engine: sa.Engine, owner_id: str | None) -> list[str]:
-    """Run an unscoped query (no WHERE at all) on a request's connection for `owner_id`."""
-    connection = engine.connect() if owner_id is None else owner_connection(engine, owner_id)
-    with connection as conn:
-        return list(conn.execute(UNSCOPED).scalars())
+@contextmanager
+def owner_work(engine: sa.Engine, owner_id: str) -> Iterator[UnitOfWork]:
+    """A request's unit of work for `owner_id`, as todo_api/work.py makes it."""
+    work = UnitOfWork(engine, Claims(sub=owner_id, exp=time.time() + 60))
+    try:
+        yield work
+    finally:
+        work.close()
+
+
+def owners_seen(engine: sa.Engine, owner_id: str) -> list[str]:
+    """Run an unscoped query (no WHERE at all) on a request's unit of work for `owner_id`."""
+    with owner_work(engine, owner_id) as work:
+        return list(work.execute(UNSCOPED).scalars())
 
 
 def count_of(admin: sa.Engine, sql: str, **params: Any) -> int:
@@ -130,50 +143,96 @@ class TestUnscopedQueries:
     def test_see_only_the_requests_user(self, app_engine: sa.Engine) -> None:
         assert owners_seen(app_engine, ALICE) == [ALICE]
         assert owners_seen(app_engine, BOB) == [BOB]
-        with owner_connection(app_engine, ALICE) as conn:
+        with owner_work(app_engine, ALICE) as conn:
             count = conn.execute(sa.text("SELECT count(*) FROM tasks")).scalar_one()
+        assert count == TASKS_PER_USER
+
+    def test_a_statement_outside_a_unit_of_work_fails_loudly(self, app_engine: sa.Engine) -> None:
+        """Not "sees nothing": a statement with no owner is a bug, and says so."""
+        with app_engine.connect() as conn:
+            with pytest.raises(OwnerMissing):
+                conn.execute(UNSCOPED)
+            with pytest.raises(OwnerMissing):
+                conn.exec_driver_sql("SELECT count(*) FROM tasks")
+        # The connection went back to the pool unharmed: the next unit of work uses it.
+        assert owners_seen(app_engine, ALICE) == [ALICE]
+
+    def test_a_driver_level_statement_runs_as_the_owner_too(self, app_engine: sa.Engine) -> None:
+        """Positional parameters, as exec_driver_sql sends them: before the unit of work such a
+        statement silently ran as nobody and saw no task at all."""
+        with owner_work(app_engine, ALICE) as work:
+            count = work.exec_driver_sql(
+                "SELECT count(*) FROM tasks WHERE title <> %s", ("nothing",)
+            ).scalar_one()
         assert count == TASKS_PER_USER
 
     def test_see_nothing_without_a_user(self, app_engine: sa.Engine, admin: sa.Engine) -> None:
         assert count_of(admin, "SELECT count(*) FROM tasks") > 0
-        assert owners_seen(app_engine, None) == []
+        assert owners_seen(app_engine, "") == []
 
     def test_the_user_is_bound_as_a_parameter(self, app_engine: sa.Engine) -> None:
         assert owners_seen(app_engine, AWKWARD) == [AWKWARD]
         assert owners_seen(app_engine, "nobody-at-all") == []
 
-    def test_the_setting_ends_with_the_statement(self, app_engine: sa.Engine) -> None:
-        # The same server session, next statement without an owner: nothing carried over.
-        with owner_connection(app_engine, ALICE) as conn:
-            assert conn.execute(UNSCOPED).scalars().all() == [ALICE]
-            dbapi_connection = conn.connection.dbapi_connection
-            cursor = dbapi_connection.cursor()  # type: ignore[union-attr]
-            cursor.execute("SELECT count(*), current_setting('app.user_id', true) FROM tasks")
-            assert cursor.fetchone() in [(0, ""), (0, None)]
-            # SET LOCAL in a several-statement query is in a transaction block: no warning.
-            assert dbapi_connection.notices == []  # type: ignore[union-attr]
+    def test_the_setting_ends_with_the_statement(self, route: str) -> None:
+        # The same server session (a pool of one), next statement without an owner, sent past
+        # the unit of work's cursor on purpose: nothing carried over.
+        engine = create_db_engine(settings_for(route, db_pool_size=1))
+        try:
+            with owner_work(engine, ALICE) as work:
+                assert work.execute(UNSCOPED).scalars().all() == [ALICE]
+            raw = engine.raw_connection()
+            try:
+                driver = raw.driver_connection
+                assert driver is not None
+                with driver.cursor(cursor_factory=psycopg2.extensions.cursor) as cursor:
+                    cursor.execute(
+                        "SELECT count(*), current_setting('app.user_id', true) FROM tasks"
+                    )
+                    assert cursor.fetchone() in [(0, ""), (0, None)]
+                # SET LOCAL in a several-statement query is in a transaction block: no warning.
+                assert driver.notices == []
+            finally:
+                raw.close()
+        finally:
+            engine.dispose()
+
+    def test_a_transaction_carries_the_owner_from_begin_to_commit(self, app_engine) -> None:
+        """In a unit of work's transaction only the first statement carries the settings; the
+        later ones still run as the owner (the setting lasts until COMMIT), the next
+        transaction on the same connection starts without it."""
+        with owner_work(app_engine, ALICE) as work:
+            with work.transaction():
+                assert work.execute(UNSCOPED).scalars().all() == [ALICE]
+                assert work.execute(UNSCOPED).scalars().all() == [ALICE]
+                assert work.exec_driver_sql("SELECT count(*) FROM tasks").scalar() == (
+                    TASKS_PER_USER
+                )
+            assert work.execute(UNSCOPED).scalars().all() == [ALICE]
 
     def test_a_first_write_still_creates_the_user_row(
         self, app_engine: sa.Engine, admin: sa.Engine
     ) -> None:
-        """The service's path: the insert fails on the owner's foreign key, the user row is
-        created (users has no policy), the insert is retried: all as the request's user."""
-        from todo_api.auth import Claims
+        """The service's path: the insert finds no owner row, the user row is created (users
+        has no policy), the insert is retried: all as the request's user."""
         from todo_api.tasks.models import TaskCreate
         from todo_api.tasks.service import create_task, delete_task, list_tasks
 
         user = random_user()
         owner = Claims(sub=user, exp=time.time() + 60)
-        with owner_connection(app_engine, user) as conn:
-            row = create_task(conn, owner=owner, data=TaskCreate(title="first"))
+        work = UnitOfWork(app_engine, owner)
+        try:
+            row = create_task(work, data=TaskCreate(title="first"))
+        finally:
+            work.close()
         assert row["user_id"] == user
-        with owner_connection(app_engine, user) as conn:
+        with owner_work(app_engine, user) as work:
             rows, more = list_tasks(
-                conn, owner_id=user, status="all", sort="created", order="desc", limit=5, offset=0
+                work, status="all", sort="created", order="desc", limit=5, offset=0
             )
         assert [r["id"] for r in rows] == [row["id"]] and not more
-        with owner_connection(app_engine, user) as conn:
-            assert delete_task(conn, owner_id=user, task_id=row["id"])
+        with owner_work(app_engine, user) as work:
+            assert delete_task(work, task_id=row["id"])
         assert count_of(admin, "SELECT count(*) FROM users WHERE id = :u", u=user) == 1
         assert count_of(admin, "SELECT count(*) FROM tasks WHERE user_id = :u", u=user) == 0
 
@@ -192,7 +251,7 @@ class TestWritesToAnotherUsersRows:
 
     def test_update_by_id_changes_nothing(self, app_engine, admin, bobs_task) -> None:
         task_id, _ = bobs_task
-        with owner_connection(app_engine, ALICE) as conn:
+        with owner_work(app_engine, ALICE) as conn:
             result = conn.execute(
                 sa.text("UPDATE tasks SET title = 'hacked' WHERE id = :id"), {"id": task_id}
             )
@@ -202,7 +261,7 @@ class TestWritesToAnotherUsersRows:
 
     def test_delete_by_id_changes_nothing(self, app_engine, admin, bobs_task) -> None:
         task_id, _ = bobs_task
-        with owner_connection(app_engine, ALICE) as conn:
+        with owner_work(app_engine, ALICE) as conn:
             result = conn.execute(sa.text("DELETE FROM tasks WHERE id = :id"), {"id": task_id})
             assert result.rowcount == 0
         assert count_of(admin, "SELECT count(*) FROM tasks WHERE id = :id", id=task_id) == 1
@@ -210,7 +269,7 @@ class TestWritesToAnotherUsersRows:
     def test_an_insert_in_another_users_name_is_refused(self, app_engine, admin) -> None:
         before = count_of(admin, "SELECT count(*) FROM tasks WHERE user_id = :u", u=BOB)
         with (
-            owner_connection(app_engine, ALICE) as conn,
+            owner_work(app_engine, ALICE) as conn,
             pytest.raises(sa.exc.ProgrammingError, match="row-level security policy"),
         ):
             conn.execute(
@@ -221,7 +280,7 @@ class TestWritesToAnotherUsersRows:
 
     def test_handing_ones_task_to_another_user_is_refused(self, app_engine, admin) -> None:
         with (
-            owner_connection(app_engine, ALICE) as conn,
+            owner_work(app_engine, ALICE) as conn,
             pytest.raises(sa.exc.ProgrammingError, match="row-level security policy"),
         ):
             conn.execute(
@@ -234,7 +293,7 @@ class TestWritesToAnotherUsersRows:
         )
 
     def test_without_a_user_nothing_can_be_written(self, app_engine, admin) -> None:
-        with app_engine.connect() as conn:
+        with owner_work(app_engine, "") as conn:
             assert conn.execute(sa.text("DELETE FROM tasks")).rowcount == 0
             with pytest.raises(sa.exc.ProgrammingError, match="row-level security policy"):
                 conn.execute(
@@ -252,24 +311,36 @@ class TestThroughOneSharedServerConnection:
         yield engine
         engine.dispose()
 
-    def test_clients_do_share_the_server_session(self, shared: sa.Engine) -> None:
+    def test_clients_do_share_the_server_session(
+        self, shared: sa.Engine, database: str, shared_session_pooler: int
+    ) -> None:
         """Proof that this setup can leak: a session-level setting made by one client is seen
-        by another. This is why the app's setting is transaction-local."""
-        with shared.connect() as first, shared.connect() as second:
-            pid = "SELECT pg_backend_pid()"
-            assert first.exec_driver_sql(pid).scalar() == second.exec_driver_sql(pid).scalar()
-            first.exec_driver_sql("SELECT set_config('app.user_id', 'u7', false)")
-            try:
-                assert second.execute(UNSCOPED).scalars().all() == [ALICE]
-            finally:
-                first.exec_driver_sql("RESET app.user_id")
-            assert second.execute(UNSCOPED).scalars().all() == []
+        by another (plain connections, not the app's). This is why the app's setting is
+        transaction-local, and sent with every transaction: even on a session that carries
+        another user's leaked setting, a unit of work runs as its own owner."""
+        plain = sa.create_engine(
+            through_pgbouncer(database, shared_session_pooler), isolation_level="AUTOCOMMIT"
+        )
+        try:
+            with plain.connect() as first, plain.connect() as second:
+                pid = "SELECT pg_backend_pid()"
+                assert first.exec_driver_sql(pid).scalar() == second.exec_driver_sql(pid).scalar()
+                first.exec_driver_sql("SELECT set_config('app.user_id', 'u7', false)")
+                try:
+                    assert second.execute(UNSCOPED).scalars().all() == [ALICE]
+                    assert owners_seen(shared, BOB) == [BOB]
+                    assert owners_seen(shared, "") == []
+                finally:
+                    first.exec_driver_sql("RESET app.user_id")
+                assert second.execute(UNSCOPED).scalars().all() == []
+        finally:
+            plain.dispose()
 
     def test_the_next_client_never_inherits_the_previous_user(self, shared: sa.Engine) -> None:
         with (
-            owner_connection(shared, ALICE) as alice,
-            owner_connection(shared, BOB) as bob,
-            shared.connect() as nobody,
+            owner_work(shared, ALICE) as alice,
+            owner_work(shared, BOB) as bob,
+            owner_work(shared, "") as nobody,
         ):
             pid = "SELECT pg_backend_pid()"
             pids = {c.exec_driver_sql(pid).scalar() for c in (alice, bob, nobody)}
@@ -290,7 +361,7 @@ class TestManyUsersAtOnce:
             seen: set[str] = set()
             start.wait(timeout=30)
             for _ in range(40):
-                with owner_connection(app_engine, user) as conn:
+                with owner_work(app_engine, user) as conn:
                     seen.update(conn.execute(UNSCOPED).scalars())
                     count = conn.execute(sa.text("SELECT count(*) FROM tasks")).scalar_one()
                     assert count == TASKS_PER_USER
@@ -309,7 +380,7 @@ class TestListQueryPlan:
     def test_uses_the_owner_index_without_sorting(self, app_engine, status, order) -> None:
         compiled = LIST_STATEMENTS[status, "created", order].compile(app_engine)
         params = {"owner_id": ALICE, "limit": 51, "offset": 0}
-        with owner_connection(app_engine, ALICE) as conn:
+        with owner_work(app_engine, ALICE) as conn:
             explain = f"EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {compiled}"
             plan = "\n".join(row[0] for row in conn.exec_driver_sql(explain, params))
         assert "Index" in plan and "ix_tasks_user" in plan, plan
@@ -324,7 +395,7 @@ class TestListQueryPlan:
         compiled = LIST_STATEMENTS[key].compile(app_engine)
         params = {"owner_id": ALICE, "limit": 51, "offset": 0}
         explain = f"EXPLAIN (COSTS OFF) {compiled}"
-        with owner_connection(app_engine, ALICE) as conn:
+        with owner_work(app_engine, ALICE) as conn:
             with_policy = [row[0] for row in conn.exec_driver_sql(explain, params)]
         with admin.connect() as conn:
             without = [row[0] for row in conn.exec_driver_sql(explain, params)]
@@ -333,7 +404,7 @@ class TestListQueryPlan:
         assert [line.strip(" ->") for line in kept] == [line.strip(" ->") for line in without]
 
     def test_an_unscoped_list_reads_the_index_on_the_policy_alone(self, app_engine) -> None:
-        with owner_connection(app_engine, ALICE) as conn:
+        with owner_work(app_engine, ALICE) as conn:
             plan = "\n".join(
                 row[0]
                 for row in conn.exec_driver_sql(
@@ -391,8 +462,8 @@ class TestTheAppsRole:
             engine = create_db_engine(settings_for(url))
             try:
                 for _ in range(2):
-                    with engine.connect() as conn:
-                        conn.execute(sa.text("SELECT 1"))
+                    with owner_work(engine, ALICE) as work:
+                        work.execute(sa.text("SELECT 1"))
             finally:
                 engine.dispose()
             messages = [r.getMessage() for r in caplog.records if r.name == "todo_api.db"]

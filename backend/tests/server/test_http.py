@@ -229,7 +229,10 @@ class TestRequestBodyLayer:
         }
 
         async def call() -> None:
-            await asyncio.wait_for(app(scope, receive(scope), send), timeout=5)
+            # As the server does: the lifespan's state (todo_api/state.py) in every request.
+            async with app.router.lifespan_context(app) as state:
+                scope["state"].update(state or {})
+                await asyncio.wait_for(app(scope, receive(scope), send), timeout=5)
 
         asyncio.run(call())
         return sent

@@ -8,7 +8,10 @@ from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.exc import OperationalError
 from sqlmodel import SQLModel
 
-from todo_api import auth_schema  # noqa: F401  (Better Auth's tables, on the same metadata)
+from todo_api import (
+    auth_schema,  # noqa: F401  (Better Auth's tables, on the same metadata)
+    idempotency,  # noqa: F401  (the idempotency_keys table)
+)
 from todo_api.config import Settings
 from todo_api.db import normalise_url
 from todo_api.tasks import models  # noqa: F401  (registers the tables on the metadata)

@@ -11,8 +11,6 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    LargeBinary,
-    PrimaryKeyConstraint,
     String,
     Text,
     false,
@@ -99,31 +97,6 @@ class Task(SQLModel, table=True):
     # Incremented by every UPDATE: the ETag's part that changes (updated_at could repeat within
     # a clock tick). Not part of the JSON body.
     version: int = Field(default=1, sa_column=Column(Integer, nullable=False, server_default="1"))
-
-
-IDEMPOTENCY_KEY_MAX = 255
-
-
-class IdempotencyKey(SQLModel, table=True):
-    """A request's Idempotency-Key and, once it has finished, the answer it got (see
-    tasks/idempotency.py)."""
-
-    __tablename__ = "idempotency_keys"
-    __table_args__ = (
-        PrimaryKeyConstraint("user_id", "key"),
-        Index("ix_idempotency_keys_expires_at", "expires_at"),
-    )
-
-    # No foreign key to users: a user's first create claims its key before the user row exists.
-    user_id: str = Field(sa_column=Column(Text, nullable=False))
-    key: str = Field(sa_column=Column(String(IDEMPOTENCY_KEY_MAX), nullable=False))
-    fingerprint: str = Field(sa_column=Column(String(64), nullable=False))  # SHA-256, hex
-    claim: str = Field(sa_column=Column(String(32), nullable=False))  # the holder's random token
-    status_code: int | None = Field(default=None, sa_column=Column(Integer))  # None: in progress
-    response_headers: str | None = Field(default=None, sa_column=Column(Text))  # a JSON object
-    response_body: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
-    created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
-    expires_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
 
 
 class _Input(SQLModel):

@@ -1,30 +1,20 @@
 """Thin HTTP handlers for /api/{user_id}/tasks: parse, call the service, shape the response.
 
 Handlers are plain `def`: FastAPI runs each in the threadpool once, and all of a request's
-database work happens inside that one call.
+database work happens inside that one call, on the request's unit of work (`Work`: the verified
+owner's, see todo_api/work.py), which WorkRoute closes as soon as the handler returns.
 """
 
-from collections.abc import Callable
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Body, HTTPException, Path, Query, Request, Response, status
 from pydantic import BeforeValidator
-from sqlalchemy import Connection, Engine
 
-from todo_api.auth import CurrentUser
-from todo_api.db import owner_connection
+from todo_api.conditional import IF_MATCH_PARAMETER, IF_NONE_MATCH_PARAMETER, etag, none_match
 from todo_api.http import JSONBytesResponse, error_responses
+from todo_api.idempotency import KEY_PARAMETER
 from todo_api.tasks import service
-from todo_api.tasks.etag import (
-    IF_MATCH_PARAMETER,
-    IF_NONE_MATCH_PARAMETER,
-    Version,
-    etag,
-    if_match,
-    none_match,
-)
-from todo_api.tasks.idempotency import KEY_PARAMETER, IdempotencyKeys, fingerprint, key_of
 from todo_api.tasks.models import (
     CompletionSet,
     SortOrder,
@@ -34,19 +24,13 @@ from todo_api.tasks.models import (
     TaskStatus,
     TaskUpdate,
 )
+from todo_api.work import Work, WorkRoute, expected_versions, write
 
 LIST_LIMIT_DEFAULT = 100
 LIST_LIMIT_MAX = 500
 INT32_MAX = 2**31 - 1
 
-router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"])
-
-
-def _engine(request: Request) -> Engine:
-    # Read from the app's state rather than injected as a dependency: FastAPI's fixed cost per
-    # solved dependency is a measurable share of a request here (see bench/README.md).
-    engine: Engine = request.app.state.engine
-    return engine
+router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"], route_class=WorkRoute)
 
 
 def _digits_only(value: object) -> object:
@@ -82,45 +66,6 @@ def _task(row: dict[str, Any] | None, status_code: int = 200, **headers: str) ->
     return JSONBytesResponse(row, status_code=status_code, headers=headers)
 
 
-def _write(
-    request: Request,
-    user: CurrentUser,
-    body: Callable[[], object],
-    work: Callable[[Connection], Response],
-) -> Response:
-    """`work` on the user's connection: once per Idempotency-Key, 412 when If-Match fails.
-
-    `body()`: the accepted body for the request's fingerprint (only built with a key).
-    """
-
-    def conditional(conn: Connection) -> Response:
-        try:
-            return work(conn)
-        except service.PreconditionFailed as failed:
-            current = failed.current
-            raise HTTPException(
-                status.HTTP_412_PRECONDITION_FAILED,
-                "The task has changed since the ETag in If-Match",
-                headers={"ETag": etag(current["created_at"], current["version"])},
-            ) from None
-
-    key = key_of(request.headers.get("idempotency-key"))
-    with owner_connection(_engine(request), user.sub) as conn:
-        if key is None:
-            return conditional(conn)
-        keys: IdempotencyKeys = request.app.state.idempotency_keys
-        request_fingerprint = fingerprint(
-            request.method, request.url.path, request.headers.get("if-match"), body()
-        )
-        return keys.run(
-            conn, owner_id=user.sub, key=key, fingerprint=request_fingerprint, work=conditional
-        )
-
-
-def _expected(request: Request) -> tuple[Version, ...] | None:
-    return if_match(request.headers.get("if-match"))
-
-
 def _responses(*codes: int, etag_on: int = 200) -> dict[int | str, dict[str, Any]]:
     return {etag_on: {"headers": ETAG_HEADER}, **error_responses(*codes)}
 
@@ -138,7 +83,7 @@ def _headers(*parameters: dict[str, Any]) -> dict[str, Any]:
 )
 def list_tasks(
     request: Request,
-    user: CurrentUser,
+    work: Work,
     status_: Annotated[TaskStatus, Query(alias="status")] = "all",
     sort: TaskSort = "created",
     order: Annotated[
@@ -148,20 +93,18 @@ def list_tasks(
     offset: Annotated[int, Query(ge=0, le=INT32_MAX)] = 0,
 ) -> Response:
     """The user's tasks, one page at a time; a `Link: rel="next"` header points at the next page."""
-    with owner_connection(_engine(request), user.sub) as conn:
-        rows, more = service.list_tasks(
-            conn,
-            owner_id=user.sub,
-            status=status_,
-            sort=sort,
-            order=order or service.DEFAULT_ORDER[sort],
-            limit=limit,
-            offset=offset,
-        )
+    rows, more = service.list_tasks(
+        work,
+        status=status_,
+        sort=sort,
+        order=order or service.DEFAULT_ORDER[sort],
+        limit=limit,
+        offset=offset,
+    )
     headers = {}
     if more:
         query = urlencode({**request.query_params, "offset": offset + limit})
-        headers["Link"] = f'<{_tasks_url(request, user.sub)}?{query}>; rel="next"'
+        headers["Link"] = f'<{_tasks_url(request, work.owner_id)}?{query}>; rel="next"'
     return JSONBytesResponse(rows, headers=headers)
 
 
@@ -173,15 +116,15 @@ def list_tasks(
     openapi_extra=_headers(KEY_PARAMETER),
     summary="Create a task",
 )
-def create_task(request: Request, user: CurrentUser, task: TaskCreate) -> Response:
+def create_task(request: Request, work: Work, task: TaskCreate) -> Response:
     """Create a task owned by the signed-in user; `Location` names the new task."""
 
-    def create(conn: Connection) -> Response:
-        row = service.create_task(conn, owner=user, data=task)
-        location = f"{_tasks_url(request, user.sub)}/{row['id']}"
+    def create() -> Response:
+        row = service.create_task(work, data=task)
+        location = f"{_tasks_url(request, work.owner_id)}/{row['id']}"
         return _task(row, status.HTTP_201_CREATED, Location=location)
 
-    return _write(request, user, task.model_dump, create)
+    return write(request, work, body=task.model_dump, action=create)
 
 
 @router.get(
@@ -194,10 +137,9 @@ def create_task(request: Request, user: CurrentUser, task: TaskCreate) -> Respon
     openapi_extra=_headers(IF_NONE_MATCH_PARAMETER),
     summary="Get a task",
 )
-def get_task(request: Request, user: CurrentUser, task_id: TaskId) -> Response:
+def get_task(request: Request, work: Work, task_id: TaskId) -> Response:
     """One of the user's tasks."""
-    with owner_connection(_engine(request), user.sub) as conn:
-        row = service.get_task(conn, owner_id=user.sub, task_id=task_id)
+    row = service.get_task(work, task_id=task_id)
     if_none_match = request.headers.get("if-none-match")
     if row is not None and if_none_match is not None:
         current = etag(row["created_at"], row["version"])
@@ -213,24 +155,18 @@ def get_task(request: Request, user: CurrentUser, task_id: TaskId) -> Response:
     openapi_extra=_headers(IF_MATCH_PARAMETER, KEY_PARAMETER),
     summary="Update a task",
 )
-def update_task(
-    request: Request, user: CurrentUser, task_id: TaskId, changes: TaskUpdate
-) -> Response:
+def update_task(request: Request, work: Work, task_id: TaskId, changes: TaskUpdate) -> Response:
     """Change any subset of title, description and completed; `description: null` clears it."""
     fields = changes.model_dump(exclude_unset=True)
 
-    def update(conn: Connection) -> Response:
+    def update() -> Response:
         return _task(
             service.update_task(
-                conn,
-                owner_id=user.sub,
-                task_id=task_id,
-                changes=fields,
-                expected=_expected(request),
+                work, task_id=task_id, changes=fields, expected=expected_versions(request)
             )
         )
 
-    return _write(request, user, lambda: fields, update)
+    return write(request, work, body=lambda: fields, action=update)
 
 
 @router.delete(
@@ -241,16 +177,15 @@ def update_task(
     openapi_extra=_headers(IF_MATCH_PARAMETER, KEY_PARAMETER),
     summary="Delete a task",
 )
-def delete_task(request: Request, user: CurrentUser, task_id: TaskId) -> Response:
+def delete_task(request: Request, work: Work, task_id: TaskId) -> Response:
     """Delete one of the user's tasks."""
 
-    def delete(conn: Connection) -> Response:
-        expected = _expected(request)
-        if not service.delete_task(conn, owner_id=user.sub, task_id=task_id, expected=expected):
+    def delete() -> Response:
+        if not service.delete_task(work, task_id=task_id, expected=expected_versions(request)):
             raise _not_found()
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
-    return _write(request, user, lambda: None, delete)
+    return write(request, work, body=lambda: None, action=delete)
 
 
 @router.patch(
@@ -262,22 +197,18 @@ def delete_task(request: Request, user: CurrentUser, task_id: TaskId) -> Respons
 )
 def complete_task(
     request: Request,
-    user: CurrentUser,
+    work: Work,
     task_id: TaskId,
     body: Annotated[CompletionSet | None, Body()] = None,
 ) -> Response:
     """Flip `completed`; with a body `{"completed": true|false}` set it instead."""
     completed = body.completed if body else None
 
-    def complete(conn: Connection) -> Response:
+    def complete() -> Response:
         return _task(
             service.set_completed(
-                conn,
-                owner_id=user.sub,
-                task_id=task_id,
-                completed=completed,
-                expected=_expected(request),
+                work, task_id=task_id, completed=completed, expected=expected_versions(request)
             )
         )
 
-    return _write(request, user, lambda: completed, complete)
+    return write(request, work, body=lambda: completed, action=complete)

@@ -1,12 +1,15 @@
-"""Every SQL statement about tasks. Each query is scoped to its owner in the WHERE clause; on
-PostgreSQL, row-level security enforces the same again (the caller's connection comes from
-todo_api.db.owner_connection; see specs/security.md).
+"""Every SQL statement about tasks, run on the request's unit of work (todo_api/unit_of_work.py).
 
-Each request needs one statement (two or three on a user's very first write), run on an
-autocommit connection: a single statement is atomic, and nothing waits for a COMMIT round trip.
-An If-Match condition is part of that statement's WHERE clause; only when it fails does a second
-statement read the current version (for the 412). With an Idempotency-Key the same statements
-run inside the transaction that tasks/idempotency.py opens.
+The owner comes from the unit of work alone: it scopes each query's WHERE clause here, and on
+PostgreSQL the same owner reaches the row-level security policy with each statement (see
+specs/security.md).
+
+Each request needs one statement (three on a user's very first write), in autocommit: a single
+statement is atomic, and nothing waits for a COMMIT round trip. An If-Match condition is part of
+that statement's WHERE clause; only when it fails does a second statement read the current
+version (for the 412's ETag), so a conditional write needs no transaction either. With an
+Idempotency-Key the same statements run inside the unit of work's transaction
+(todo_api/idempotency.py).
 """
 
 from collections.abc import Mapping
@@ -14,8 +17,8 @@ from functools import cache
 from typing import Any, get_args
 
 from sqlalchemy import (
+    Boolean,
     ColumnElement,
-    Connection,
     Insert,
     Integer,
     Result,
@@ -26,6 +29,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    exists,
     false,
     insert,
     not_,
@@ -34,12 +38,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 
-from todo_api.auth import Claims
-from todo_api.db import utcnow
-from todo_api.tasks.etag import Version
+from todo_api.conditional import PreconditionFailed, Version
+from todo_api.db import UtcDateTime, utcnow
 from todo_api.tasks.models import SortOrder, Task, TaskCreate, TaskSort, TaskStatus, User
+from todo_api.unit_of_work import UnitOfWork
 
 TaskRow = dict[str, Any]
 
@@ -59,14 +62,6 @@ _NEXT_VERSION = _c.version + 1
 
 _SORT_COLUMNS = {"created": _c.created_at, "updated": _c.updated_at, "title": _c.title}
 DEFAULT_ORDER: dict[str, SortOrder] = {"created": "desc", "updated": "desc", "title": "asc"}
-
-
-class PreconditionFailed(Exception):
-    """If-Match named none of the task's versions: nothing was written."""
-
-    def __init__(self, current: TaskRow) -> None:
-        super().__init__("precondition failed")
-        self.current = current
 
 
 def _rows(result: Result[Any]) -> list[TaskRow]:
@@ -109,7 +104,24 @@ LIST_STATEMENTS = {
     for order in get_args(SortOrder)
 }
 _GET = select(*_VERSIONED).where(_OWNED)
-_INSERT = insert(_tasks).returning(*_VERSIONED)
+# The insert finds no owner row on a user's first write, and then inserts nothing rather than fail
+# on the foreign key: a failed statement would abort the transaction an Idempotency-Key runs in.
+_NEW_TASK: dict[str, ColumnElement[Any]] = {
+    "user_id": _OWNER_ID,
+    "title": bindparam("title", type_=Text()),
+    "description": bindparam("description", type_=Text()),
+    "completed": bindparam("completed", type_=Boolean()),
+    "created_at": bindparam("now", type_=UtcDateTime()),
+    "updated_at": bindparam("now", type_=UtcDateTime()),
+}
+_INSERT = (
+    insert(_tasks)
+    .from_select(
+        list(_NEW_TASK),
+        select(*_NEW_TASK.values()).where(exists().where(_users.c.id == _OWNER_ID)),
+    )
+    .returning(*_VERSIONED)
+)
 _DELETE = delete(_tasks).where(_OWNED)
 _TOGGLE = (
     update(_tasks)
@@ -120,9 +132,8 @@ _TOGGLE = (
 
 
 def list_tasks(
-    conn: Connection,
+    work: UnitOfWork,
     *,
-    owner_id: str,
     status: TaskStatus,
     sort: TaskSort,
     order: SortOrder,
@@ -131,47 +142,37 @@ def list_tasks(
 ) -> tuple[list[TaskRow], bool]:
     """One page of the owner's tasks, and whether more rows follow it."""
     stmt = LIST_STATEMENTS[status, sort, order]
-    params = {"owner_id": owner_id, "limit": limit + 1, "offset": offset}
-    rows = _rows(conn.execute(stmt, params))
+    params = {"owner_id": work.owner_id, "limit": limit + 1, "offset": offset}
+    rows = _rows(work.execute(stmt, params))
     return rows[:limit], len(rows) > limit
 
 
-def get_task(conn: Connection, *, owner_id: str, task_id: int) -> TaskRow | None:
+def get_task(work: UnitOfWork, *, task_id: int) -> TaskRow | None:
     """The task with its `version`, or None."""
-    return _task(conn.execute(_GET, {"owner_id": owner_id, "task_id": task_id}))
+    return _task(work.execute(_GET, {"owner_id": work.owner_id, "task_id": task_id}))
 
 
-def create_task(conn: Connection, *, owner: Claims, data: TaskCreate) -> TaskRow:
+def create_task(work: UnitOfWork, *, data: TaskCreate) -> TaskRow:
     """Insert the task; on the owner's first write, create their user row first."""
-    now = utcnow()
     values = {
-        "user_id": owner.sub,
+        "owner_id": work.owner_id,
         "title": data.title,
         "description": data.description,
         "completed": data.completed,
-        "created_at": now,
-        "updated_at": now,
+        "now": utcnow(),
     }
-    try:
-        return _created(conn.execute(_INSERT, values))
-    except IntegrityError:
-        # The only constraint an insert can break is the owner's foreign key: no user row yet.
-        # Trying first keeps every later write to a single statement.
-        conn.rollback()
-    ensure_user(conn, owner)
-    return _created(conn.execute(_INSERT, values))
-
-
-def _created(result: Result[Any]) -> TaskRow:
-    row = _task(result)
-    assert row is not None  # an INSERT ... RETURNING returns its row
+    row = _task(work.execute(_INSERT, values))
+    if row is None:
+        # No user row yet. Trying first keeps every later write to a single statement.
+        ensure_user(work)
+        row = _task(work.execute(_INSERT, values))
+    assert row is not None  # the owner's row exists now (users are never deleted here)
     return row
 
 
 def update_task(
-    conn: Connection,
+    work: UnitOfWork,
     *,
-    owner_id: str,
     task_id: int,
     changes: Mapping[str, Any],
     expected: tuple[Version, ...] | None = None,
@@ -181,14 +182,14 @@ def update_task(
     `expected`: the versions If-Match allows (None: any); PreconditionFailed otherwise.
     """
     if not changes:
-        row = get_task(conn, owner_id=owner_id, task_id=task_id)
+        row = get_task(work, task_id=task_id)
         if row is not None and expected is not None and _version(row) not in expected:
-            raise PreconditionFailed(row)
+            raise PreconditionFailed(_version(row))
         return row
     stmt = _update_statement(frozenset(changes))
     params = {f"new_{name}": value for name, value in changes.items()}
-    params.update(owner_id=owner_id, task_id=task_id, now=utcnow())
-    return _written(conn, stmt, params, expected)
+    params.update(owner_id=work.owner_id, task_id=task_id, now=utcnow())
+    return _written(work, stmt, params, expected)
 
 
 @cache
@@ -205,35 +206,34 @@ def _update_statement(fields: frozenset[str]) -> Update:
 
 
 def set_completed(
-    conn: Connection,
+    work: UnitOfWork,
     *,
-    owner_id: str,
     task_id: int,
     completed: bool | None,
     expected: tuple[Version, ...] | None = None,
 ) -> TaskRow | None:
     """Set completion, or flip it in the database when `completed` is None (no lost toggles)."""
-    params: dict[str, Any] = {"owner_id": owner_id, "task_id": task_id, "now": utcnow()}
+    params: dict[str, Any] = {"owner_id": work.owner_id, "task_id": task_id, "now": utcnow()}
     if completed is None:
-        return _written(conn, _TOGGLE, params, expected)
+        return _written(work, _TOGGLE, params, expected)
     stmt = _update_statement(frozenset({"completed"}))
-    return _written(conn, stmt, {**params, "new_completed": completed}, expected)
+    return _written(work, stmt, {**params, "new_completed": completed}, expected)
 
 
 def delete_task(
-    conn: Connection, *, owner_id: str, task_id: int, expected: tuple[Version, ...] | None = None
+    work: UnitOfWork, *, task_id: int, expected: tuple[Version, ...] | None = None
 ) -> bool:
     """Whether the task was there (and deleted); PreconditionFailed when If-Match failed."""
-    params = {"owner_id": owner_id, "task_id": task_id}
+    params = {"owner_id": work.owner_id, "task_id": task_id}
     stmt = _DELETE if expected is None else _DELETE.where(_matching(expected))
-    if conn.execute(stmt, params).rowcount == 1:
+    if work.execute(stmt, params).rowcount == 1:
         return True
-    _raise_if_it_exists(conn, owner_id, task_id, expected)
+    _raise_if_it_exists(work, task_id, expected)
     return False
 
 
 def _written(
-    conn: Connection,
+    work: UnitOfWork,
     stmt: Update,
     params: dict[str, Any],
     expected: tuple[Version, ...] | None,
@@ -241,28 +241,29 @@ def _written(
     # The If-Match condition is part of the UPDATE's WHERE clause: checked and written at once.
     if expected is not None:
         stmt = stmt.where(_matching(expected))
-    row = _task(conn.execute(stmt, params))
+    row = _task(work.execute(stmt, params))
     if row is None:
-        _raise_if_it_exists(conn, params["owner_id"], params["task_id"], expected)
+        _raise_if_it_exists(work, params["task_id"], expected)
     return row
 
 
 def _raise_if_it_exists(
-    conn: Connection, owner_id: str, task_id: int, expected: tuple[Version, ...] | None
+    work: UnitOfWork, task_id: int, expected: tuple[Version, ...] | None
 ) -> None:
     # Nothing was written: a 412 (with the current ETag) if the task exists, else a 404.
     if expected is not None:
-        current = get_task(conn, owner_id=owner_id, task_id=task_id)
+        current = get_task(work, task_id=task_id)
         if current is not None:
-            raise PreconditionFailed(current)
+            raise PreconditionFailed(_version(current))
 
 
 def _version(row: TaskRow) -> Version:
     return Version(row["created_at"], row["version"])
 
 
-def ensure_user(conn: Connection, owner: Claims) -> None:
+def ensure_user(work: UnitOfWork) -> None:
     """Create the owner's user row from the token's claims unless it exists (race-safe)."""
+    owner = work.owner
     values = {
         "id": owner.sub,
         "email": owner.email,
@@ -270,15 +271,15 @@ def ensure_user(conn: Connection, owner: Claims) -> None:
         "email_verified": owner.email_verified,
         "image": owner.image,
     }
-    created = conn.execute(
-        _insert_ignoring_conflicts(conn).values(**values).returning(_users.c.id)
+    created = work.execute(
+        _insert_ignoring_conflicts(work).values(**values).returning(_users.c.id)
     ).first()
     if created is None and owner.email is not None:
         # The email may belong to another user row (a changed address, a shared database):
         # the task still needs its owner, so try again without the email.
-        conn.execute(_insert_ignoring_conflicts(conn).values(**{**values, "email": None}))
+        work.execute(_insert_ignoring_conflicts(work).values(**{**values, "email": None}))
 
 
-def _insert_ignoring_conflicts(conn: Connection) -> Insert:
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+def _insert_ignoring_conflicts(work: UnitOfWork) -> Insert:
+    dialect = postgresql if work.dialect_name == "postgresql" else sqlite
     return dialect.insert(_users).on_conflict_do_nothing()  # type: ignore[no-any-return]

@@ -4,7 +4,7 @@
 strong ETag, which two quick updates within one clock tick could not get from `updated_at`.
 
 `idempotency_keys` keeps, per user and key, the fingerprint of the first request and, once that
-request has finished, the answer it got (see todo_api/tasks/idempotency.py).
+request has finished, the answer it got (see todo_api/idempotency.py).
 
 Row-level security on PostgreSQL as on tasks, with one difference: rows past `expires_at` are
 visible to every user, so that any request can purge them (a DELETE's WHERE clause needs the

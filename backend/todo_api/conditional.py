@@ -1,9 +1,11 @@
-"""A task's strong ETag, and the If-Match / If-None-Match headers read against it (RFC 9110).
+"""Conditional requests (RFC 9110): a resource's strong ETag, and If-Match / If-None-Match read
+against it; `PreconditionFailed` is the service's way to say that If-Match did not match.
 
 The ETag is `"<created_at in microseconds since 1970, hex>-<version>"`: `version` changes with
-every update, and `created_at` tells apart two tasks that got the same id (SQLite may hand out
+every update, and `created_at` tells apart two rows that got the same id (SQLite may hand out
 the id of a deleted task again). Both parts are columns, so an If-Match condition becomes part of
-an UPDATE's or DELETE's WHERE clause (atomic: no read-then-write race).
+an UPDATE's or DELETE's WHERE clause (atomic: no read-then-write race). The 412 is made by the
+write wrapper (todo_api/work.py).
 
 Hand-written rather than a library: no maintained package parses entity-tag lists for a
 framework-independent caller, and the grammar is one regular expression.
@@ -51,6 +53,14 @@ class Version:
 
     created_at: datetime
     version: int
+
+
+class PreconditionFailed(Exception):
+    """If-Match named none of the resource's versions: nothing was written."""
+
+    def __init__(self, current: Version) -> None:
+        super().__init__("precondition failed")
+        self.current = current
 
 
 def etag(created_at: datetime, version: int) -> str:

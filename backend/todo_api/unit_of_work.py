@@ -1,0 +1,282 @@
+"""A request's database work as one object: its connection, its owner, its transaction mode and
+what each of its statements carries to PostgreSQL.
+
+- `UnitOfWork(engine, owner)` is made once per request (todo_api/work.py) and handed to the
+  route; it takes a pooled connection at its first statement and gives it back when the route
+  returns.
+- Autocommit by default: one statement is atomic on its own, and no BEGIN or COMMIT round trip
+  is paid. `transaction()` makes one transaction of several statements (a write and the answer
+  kept for its Idempotency-Key).
+- On PostgreSQL the owner (`app.user_id`, which the row-level security policies compare with)
+  and the statement timeout travel as `SET LOCAL`s in the same query string as a statement: one
+  round trip, and transaction-local, so that the next client of the same server connection
+  (PgBouncer in transaction mode, Neon's pooled endpoint) never inherits them, as it would a
+  plain `SET`. An autocommit statement is its own transaction, so each one carries them; in a
+  transaction the first statement carries them after its BEGIN, and the rest nothing.
+- `StatementCursor` is the only place that writes them, whatever sent the statement (a Core
+  statement, `exec_driver_sql` with positional parameters, BEGIN, COMMIT, ROLLBACK), and it keeps
+  the client deadline on every one of them (todo_api/deadlines.py). On a request connection
+  outside a unit of work it raises `OwnerMissing` instead of running a statement as nobody.
+"""
+
+import weakref
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, ClassVar
+
+# psycopg2 ships no type hints (and types-psycopg2 is not a dependency): its names are Any here.
+import psycopg2  # type: ignore[import-untyped]
+import psycopg2.extensions  # type: ignore[import-untyped]
+from sqlalchemy import Connection, CursorResult, Engine, Executable
+from sqlalchemy.exc import DBAPIError
+
+from todo_api.deadlines import StatementTimeout, Watchdog
+
+if TYPE_CHECKING:
+    from todo_api.auth import Claims
+
+_IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
+
+
+class OwnerMissing(RuntimeError):
+    """A statement on a request connection outside a unit of work: it would run as nobody."""
+
+
+class StatementConnection(psycopg2.extensions.connection):  # type: ignore[misc]
+    """psycopg2's connection, knowing what its next statement must carry (UnitOfWork sets it).
+
+    `prefix`: sent before the next statement in the same query string; None refuses it.
+    `then`: what `prefix` becomes once a statement has been sent with it.
+    """
+
+    prefix: bytes | None = b""
+    then: bytes | None = b""
+    # Per engine (see statement_classes): the statement timeout and the client deadline.
+    timeout_setting: ClassVar[bytes] = b""
+    watchdog: ClassVar[Watchdog | None] = None
+
+
+class StatementCursor(psycopg2.extensions.cursor):  # type: ignore[misc]
+    """psycopg2's cursor, sending each statement with its connection's prefix, watched."""
+
+    def execute(self, query: Any, vars: Any = None) -> None:
+        conn: StatementConnection = self.connection
+        prefix = conn.prefix
+        if prefix is None:
+            raise OwnerMissing(
+                "a statement on a request connection outside a unit of work (it would run "
+                "without the owner); use todo_api.unit_of_work.UnitOfWork"
+            )
+        if prefix:
+            # Formatted here (as execute would), so that the prefix's own characters are never
+            # read as placeholders.
+            query = prefix + self.mogrify(query, vars)
+            vars = None
+            conn.prefix = conn.then
+        watchdog = conn.watchdog
+        if watchdog is None:
+            super().execute(query, vars)
+            return
+        key = id(self)
+        watchdog.start(key, conn)
+        try:
+            super().execute(query, vars)
+        except psycopg2.Error as error:
+            if watchdog.finish(key):
+                raise _timed_out(conn, watchdog) from error
+            raise
+        except BaseException:
+            # Refused by the driver before it sent anything (a parameter it cannot encode): the
+            # connection is fine and goes back to the pool, so it must not stay watched.
+            if watchdog.finish(key):
+                conn.close()
+            raise
+        if watchdog.finish(key):
+            # It completed just as the deadline passed, but its socket is shut down by now.
+            raise _timed_out(conn, watchdog)
+
+    def executemany(self, query: Any, vars_list: Any) -> None:
+        # One at a time, so that each carries what execute adds (SQLAlchemy's bulk inserts use
+        # execute with VALUES lists; nothing here sends many rows).
+        for vars in vars_list:
+            self.execute(query, vars)
+
+
+def _timed_out(conn: StatementConnection, watchdog: Watchdog) -> StatementTimeout:
+    # Closed, so SQLAlchemy sees a disconnect and drops the connection from its pool.
+    conn.close()
+    return StatementTimeout(f"no answer from the database within {watchdog.seconds:g} s")
+
+
+def statement_classes(
+    statement_timeout: float,
+    client_timeout: float,
+    *,
+    guarded: bool,
+    legacy_cancel: bool = False,
+    cancel_wait: float = 5,
+) -> dict[str, Any]:
+    """psycopg2's connect arguments for one engine: its connection and cursor classes.
+
+    `guarded`: the request engine; its connections refuse statements outside a unit of work
+    once `guard` has run (after SQLAlchemy's own first-connect queries). Otherwise (the
+    readiness probe) every statement carries the statement timeout.
+    """
+    setting = b""
+    if statement_timeout:
+        setting = f"SET LOCAL statement_timeout = {round(statement_timeout * 1000)};".encode()
+    attributes: dict[str, Any] = {
+        "timeout_setting": setting,
+        "watchdog": (
+            Watchdog(client_timeout, legacy_cancel=legacy_cancel, cancel_wait=cancel_wait)
+            if client_timeout
+            else None
+        ),
+    }
+    if not guarded:
+        attributes["prefix"] = attributes["then"] = setting
+    connection_class = type("EngineConnection", (StatementConnection,), attributes)
+    watchdog = attributes["watchdog"]
+    if watchdog is not None:
+        # The thread ends with the engine whose connections use this class. Not through an
+        # engine event: a listener on a Connection's events sends every execution down
+        # SQLAlchemy's slower event path (about 25 us a request, measured).
+        weakref.finalize(connection_class, watchdog.stop)
+    return {"connection_factory": connection_class, "cursor_factory": StatementCursor}
+
+
+def guard(dbapi_connection: Any, _record: Any = None) -> None:
+    """From now on this connection refuses statements outside a unit of work."""
+    if isinstance(dbapi_connection, StatementConnection):
+        dbapi_connection.prefix = dbapi_connection.then = None
+
+
+@contextmanager
+def unguarded(dbapi_connection: Any) -> Iterator[None]:
+    """For the pool's own liveness check: a statement that reads nothing of anyone's."""
+    if not isinstance(dbapi_connection, StatementConnection):
+        yield
+        return
+    dbapi_connection.prefix = dbapi_connection.then = dbapi_connection.timeout_setting
+    try:
+        yield
+    finally:
+        guard(dbapi_connection)
+
+
+class UnitOfWork:
+    """One request's database work, as its owner (see the module's docstring)."""
+
+    __slots__ = ("_conn", "_dbapi", "_in_transaction", "_settings", "engine", "owner")
+
+    def __init__(self, engine: Engine, owner: "Claims") -> None:
+        self.engine = engine
+        self.owner = owner
+        self._conn: Connection | None = None
+        self._dbapi: Any = None
+        self._settings = b""
+        self._in_transaction = False
+
+    @property
+    def owner_id(self) -> str:
+        return self.owner.sub
+
+    @property
+    def dialect_name(self) -> str:
+        return self.engine.dialect.name
+
+    def execute(
+        self, statement: Executable, parameters: Mapping[str, Any] | None = None
+    ) -> CursorResult[*tuple[Any, ...]]:
+        """Run one statement as the owner (in the transaction, inside `transaction()`)."""
+        return self._connection().execute(statement, parameters)
+
+    def exec_driver_sql(self, sql: str, parameters: Any = None) -> CursorResult[*tuple[Any, ...]]:
+        """A statement as the driver takes it (its own placeholders), as the owner too."""
+        return self._connection().exec_driver_sql(sql, parameters)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """The block's statements as one transaction: committed when it ends, rolled back when
+        it raises. BEGIN, COMMIT and ROLLBACK are statements like the others, so the client
+        deadline bounds them too."""
+        if self._in_transaction:
+            raise RuntimeError("a unit of work holds one transaction at a time")
+        conn = self._connection()
+        dbapi = self._dbapi
+        if isinstance(dbapi, StatementConnection):
+            # BEGIN and the settings go with the transaction's first statement.
+            dbapi.prefix, dbapi.then = b"BEGIN;" + self._settings, b""
+        else:
+            # SQLite: the write lock now, rather than a failed upgrade from a read lock later.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        self._in_transaction = True
+        try:
+            yield
+        except BaseException:
+            self._end("ROLLBACK", raising=False)
+            raise
+        self._end("COMMIT", raising=True)
+
+    def _end(self, statement: str, *, raising: bool) -> None:
+        conn = self._conn
+        assert conn is not None
+        try:
+            if isinstance(self._dbapi, StatementConnection):
+                self._send(conn, statement)
+            else:
+                conn.exec_driver_sql(statement)
+        except Exception:
+            # The transaction's fate is unknown (or the connection gone): the connection must
+            # never go back to the pool (close() sees its open transaction and drops it).
+            if raising:
+                raise
+        finally:
+            self._in_transaction = False
+            if isinstance(self._dbapi, StatementConnection) and not self._dbapi.closed:
+                self._dbapi.prefix = self._dbapi.then = self._settings
+
+    def _send(self, conn: Connection, statement: str) -> None:
+        """COMMIT or ROLLBACK straight on the cursor (watched like any statement), without
+        SQLAlchemy's execution machinery; its errors wrapped as SQLAlchemy would."""
+        try:
+            with self._dbapi.cursor() as cursor:
+                cursor.execute(statement)
+        except psycopg2.Error as error:
+            conn.invalidate(error)
+            raise DBAPIError.instance(statement, None, error, psycopg2.Error) from error
+
+    def _connection(self) -> Connection:
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = self.engine.connect()
+            dbapi = self._dbapi = conn.connection.dbapi_connection
+            if isinstance(dbapi, StatementConnection):
+                owner = psycopg2.extensions.QuotedString(self.owner.sub)
+                owner.prepare(dbapi)
+                self._settings = (
+                    dbapi.timeout_setting + b"SET LOCAL app.user_id = " + owner.getquoted() + b";"
+                )
+                dbapi.prefix = dbapi.then = self._settings
+        return conn
+
+    def close(self) -> None:
+        """Give the connection back; drop it instead if it is broken or mid-transaction.
+
+        Does no I/O (it may run on the event loop): an autocommit connection's rollback on
+        return is a no-op, and dropping a connection only closes its socket.
+        """
+        conn, dbapi = self._conn, self._dbapi
+        self._conn = self._dbapi = None
+        if conn is None:
+            return
+        if not conn.invalidated and _left_mid_transaction(dbapi):
+            conn.invalidate()
+        guard(dbapi)
+        conn.close()
+
+
+def _left_mid_transaction(dbapi: Any) -> bool:
+    if isinstance(dbapi, psycopg2.extensions.connection):
+        return bool(dbapi.closed) or dbapi.get_transaction_status() != _IDLE
+    return bool(getattr(dbapi, "in_transaction", False))
