@@ -47,9 +47,12 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-install-project
 COPY backend/pyproject.toml backend/uv.lock ./
 COPY backend/todo_api ./todo_api
-# The project as a wheel of its own (tens of KB), for the runtime's last layer.
+# The project as a wheel of its own (tens of KB), installed apart into /project (its package,
+# dist-info and console script, laid out as in the virtualenv), for the runtime's last layer.
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv build --wheel --out-dir /dist
+    uv build --wheel --out-dir /dist \
+    && uv pip install --python /app/.venv/bin/python --prefix /project --offline --no-deps \
+        --compile-bytecode /dist/todo_api-*.whl
 
 # The test suite, run by docker-compose.test.yml against a throwaway PostgreSQL. The files are
 # laid out as in the repository because tests/test_deploy.py validates the deployment files.
@@ -77,11 +80,10 @@ RUN install --directory --owner=10001 --group=10001 --mode=0700 "${PROMETHEUS_MU
 # Two layers: the dependencies (about 100 MB, the same layer for every build of one lock file:
 # the builder's virtualenv holds nothing else), then the project alone, last, so that a code
 # change ships one layer of a few hundred KB.
+# A COPY, not a RUN that mounts the builder's wheel: buildah (podman build) reuses such a RUN
+# from its cache whatever the mounted stage holds, and would ship the previous code.
 COPY --from=builder /app/.venv /app/.venv
-RUN --mount=type=bind,from=uv,source=/uv,target=/usr/local/bin/uv \
-    --mount=type=bind,from=builder,source=/dist,target=/dist \
-    uv pip install --python /app/.venv/bin/python --offline --no-cache --no-deps \
-        --compile-bytecode /dist/todo_api-*.whl
+COPY --from=builder /project /app/.venv
 WORKDIR /app
 # Numeric: Kubernetes' runAsNonRoot can verify only a numeric user.
 USER 10001:10001

@@ -27,7 +27,7 @@ from todo_api.db import normalise_url
 
 BACKENDS = ["sqlite", "postgresql", "pgbouncer"]
 # The `pgbouncer` backend: the same PostgreSQL behind a transaction-mode PgBouncer (Neon's pooler).
-pytest_plugins = ["tests.pooler"]
+pytest_plugins = ["tests.pooler", "tests.container_engine"]
 
 
 @pytest.fixture(scope="session")
