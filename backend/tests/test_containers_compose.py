@@ -4,6 +4,7 @@ by the checks below; then `down`/`up` keeps the data, and `down -v` leaves nothi
 
 import json
 import secrets
+import shutil
 import subprocess
 import time
 import uuid
@@ -13,9 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from tests.better_auth_stack import PASSWORD
-from tests.container_engine import Engine, Images, compose_command
+from tests.container_engine import REPO, Engine, Images, compose_command
 from tests.support import free_port
 
 pytestmark = pytest.mark.container
@@ -238,3 +240,29 @@ class TestLifecycle:
         assert [task["title"] for task in listed] == ["kept"]
         stack("down", "--volumes", timeout=300)
         assert stack.project_objects() == {"containers": [], "networks": [], "volumes": []}
+
+
+def workflow_step(name: str) -> str:
+    workflow = yaml.safe_load((REPO / ".github" / "workflows" / "ci.yml").read_text())
+    steps = [step for job in workflow["jobs"].values() for step in job["steps"]]
+    return str(next(step["run"] for step in steps if step.get("name") == name))
+
+
+def test_the_workflows_env_makes_a_valid_compose_config(
+    container_engine: Engine, tmp_path: Path
+) -> None:
+    """The workflow's .env, written by its own lines, and `docker compose config -q` on it."""
+    script = workflow_step("Start the compose stack")
+    writes_env = script[: script.index("> .env") + len("> .env")]
+    shutil.copy(REPO / "docker-compose.yml", tmp_path)
+    subprocess.run(["bash", "-euo", "pipefail", "-c", writes_env], cwd=tmp_path, check=True)
+    assert "POSTGRES_PASSWORD=" in (tmp_path / ".env").read_text()
+    config = subprocess.run(
+        [*compose_command(container_engine), "config", "-q"],
+        cwd=tmp_path,
+        env=container_engine.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert config.returncode == 0, config.stderr

@@ -6,6 +6,7 @@
 #
 #   deploy/images/build.sh            build the missing ones (a few minutes cold, a second warm)
 #   deploy/images/build.sh --force    rebuild all of them
+#   deploy/images/build.sh --pull     pull the real images instead (a machine with registry access)
 #
 # Needs podman (or buildah), debootstrap, python3 with pip, and for the companion's base the
 # host's Node.js. Grafana has no Debian package: grafana/grafana is not built, so compose's
@@ -16,7 +17,9 @@ repo="$(cd "$here/../.." && pwd)"
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$here/containers.conf}"
 cache="${TODO_IMAGES_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/todo-api-images}"
 force=false
+pull=false
 [ "${1:-}" = --force ] && force=true
+[ "${1:-}" = --pull ] && pull=true
 
 uv_version="$(sed -n 's/^ARG UV_VERSION=//p' "$repo/Dockerfile")"
 python_version="$(sed -n 's/^ARG PYTHON_VERSION=//p' "$repo/Dockerfile")"
@@ -28,6 +31,15 @@ base=localhost/todo-stand-in/debian:bookworm
 missing() { $force || ! podman image exists "$1"; }
 
 say() { echo "images: $*" >&2; }
+
+if $pull; then
+  for image in "docker.io/library/python:${python_version}-slim-bookworm" \
+      "docker.io/library/$postgres_from" "docker.io/$prometheus_from" \
+      "ghcr.io/astral-sh/uv:$uv_version" "docker.io/library/$node_from"; do
+    missing "$image" && podman pull --quiet "$image" >/dev/null
+  done
+  exit 0
+fi
 
 if missing "$base"; then
   if [ ! -f "$cache/debian-bookworm.tar" ]; then
