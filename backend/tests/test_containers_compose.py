@@ -266,3 +266,29 @@ def test_the_workflows_env_makes_a_valid_compose_config(
         timeout=60,
     )
     assert config.returncode == 0, config.stderr
+
+
+def test_the_test_image_passes_its_suite_with_nothing_skipped(
+    container_engine: Engine, images: Images, repo_copy: Path
+) -> None:
+    """docker-compose.test.yml as the README runs it: the image's suite, green, no skip."""
+    compose = [*compose_command(container_engine), "-f", "docker-compose.test.yml"]
+    env = dict(container_engine.env, COMPOSE_PROJECT_NAME=f"todo-ct-test-{uuid.uuid4().hex[:8]}")
+    try:
+        done = subprocess.run(
+            [*compose, "run", "--rm", "tests"],
+            cwd=repo_copy,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
+    finally:
+        subprocess.run(
+            [*compose, "down", "-v"], cwd=repo_copy, env=env, capture_output=True, timeout=300
+        )
+    lines = done.stdout.strip().splitlines()
+    summary = lines[-1] if lines else done.stderr[-2000:]
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    assert " passed" in summary and "skipped" not in summary and "error" not in summary, summary
+    print(f"test image: {summary}")

@@ -1,7 +1,8 @@
 #!/bin/sh
 # The stand-in's entrypoint: what the official postgres image's entrypoint does for this
 # project's compose files and testcontainers (POSTGRES_USER/PASSWORD/DB on first start, password
-# authentication for remote hosts, listening on every address), nothing more.
+# authentication for remote hosts or POSTGRES_HOST_AUTH_METHOD, listening on every address),
+# nothing more.
 set -eu
 if [ "${1#-}" != "$1" ]; then set -- postgres "$@"; fi
 if [ "$1" != postgres ]; then exec "$@"; fi
@@ -25,7 +26,7 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     initdb --username="$user" --pwfile="$password_file" --auth-local=trust \
         --auth-host=scram-sha-256 --pgdata="$PGDATA" >/dev/null
     rm -f "$password_file"
-    echo "host all all all scram-sha-256" >> "$PGDATA/pg_hba.conf"
+    echo "host all all all ${POSTGRES_HOST_AUTH_METHOD:-scram-sha-256}" >> "$PGDATA/pg_hba.conf"
     echo "listen_addresses = '*'" >> "$PGDATA/postgresql.conf"
     pg_ctl --pgdata="$PGDATA" --options="-c listen_addresses=''" --wait start
     if [ "$database" != postgres ]; then
