@@ -12,7 +12,7 @@ USER_ID ?= demo
 # make run listens on PORT: `make run PORT=8080`, or PORT=8080 in the environment.
 PORT ?= 8000
 
-.PHONY: install companion run test lint format token serve migrate bench clean stack screenshot containers
+.PHONY: install companion run test test-fast lint format token serve migrate bench clean stack screenshot containers
 
 install: $(SYNCED)
 
@@ -30,6 +30,9 @@ run: install  ## the API on http://127.0.0.1:$(PORT) (embedded SQLite, generated
 
 test: install companion  ## the whole suite: SQLite and PostgreSQL, real HTTP, real processes
 	cd backend && .venv/bin/pytest $(PYTEST_ARGS)
+
+test-fast: install  ## the API, database and static checks in under a minute: no server processes, no fuzzing
+	cd backend && .venv/bin/pytest -m "not slow" -q $(PYTEST_ARGS)
 
 lint: install
 	cd backend && .venv/bin/ruff check . ../bench && .venv/bin/ruff format --check . ../bench && .venv/bin/mypy
@@ -69,7 +72,7 @@ stack: install $(COMPANION)/node_modules/.package-lock.json  ## companion + API 
 	$(COMPANION)/stack.sh
 
 screenshot: install $(COMPANION)/node_modules/.package-lock.json  ## the README's picture of the demo page, from the browser test
-	cd backend && E2E_SCREENSHOT=../$(COMPANION)/screenshot.png .venv/bin/pytest tests/test_browser_e2e.py -q
+	cd backend && E2E_SCREENSHOT=../$(COMPANION)/screenshot.png .venv/bin/pytest tests/e2e/test_browser_e2e.py -q
 
 bench: install  ## product vs floor benchmark, ~10 min (needs wrk: apt-get install wrk)
 	cd backend && UV_PYTHON_DOWNLOADS=never ../$(UV) sync --frozen --group bench

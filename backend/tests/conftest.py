@@ -6,8 +6,6 @@ else a server on localhost:5432; each run creates its own database and drops it.
 available the PostgreSQL tests are skipped loudly, or fail when REQUIRE_POSTGRES=1 (CI).
 """
 
-import os
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from tests.support import (
     PostgresServer,
     as_app_role,
     find_postgres,
+    missing,
     running_app,
     settings_for,
 )
@@ -27,7 +26,7 @@ from todo_api.db import normalise_url
 
 BACKENDS = ["sqlite", "postgresql", "pgbouncer"]
 # The `pgbouncer` backend: the same PostgreSQL behind a transaction-mode PgBouncer (Neon's pooler).
-pytest_plugins = ["tests.pooler", "tests.container_engine"]
+pytest_plugins = ["tests.support.pooler", "tests.support.container_engine"]
 
 
 @pytest.fixture(scope="session")
@@ -35,11 +34,7 @@ def postgres() -> Iterator[PostgresServer]:
     server, reason, stack = find_postgres()
     with stack:
         if server is None:
-            if os.environ.get("REQUIRE_POSTGRES") == "1":
-                pytest.fail(f"REQUIRE_POSTGRES=1 but {reason}", pytrace=False)
-            message = f"POSTGRESQL TESTS SKIPPED: {reason}"
-            warnings.warn(message, stacklevel=1)
-            pytest.skip(message)
+            missing(reason)
         yield server
         server.close()
 

@@ -30,6 +30,16 @@ USER_ID_MAX = 255
 # session token as `sid`. A cookie is not a bearer token, wherever it was copied from.
 SESSION_CACHE_TYPE = "better-auth.session-cache+jwt"
 SESSION_CACHE_AUDIENCE = "better-auth:session-cache"
+# Explicit typing (RFC 8725 §3.11): Better Auth signs other JWTs with the same keys, each with a
+# `typ` of its own (`logout+jwt`, ...). An access token has no `typ`, `JWT`, or `at+jwt` (RFC
+# 9068); a `typ` is a media type, so compared case-insensitively and with the `application/`
+# prefix optional (RFC 7515 §4.1.9).
+ACCESS_TOKEN_TYPES = frozenset({"jwt", "at+jwt"})
+# A NumericDate (RFC 7519 §2) is a JSON number of seconds. PyJWT checks `exp`, `nbf` and `iat`
+# through int(), which takes true, "123" and 10**400 (that one then overflows a float): each
+# is checked again here, and a time before 1970 or after the year 9999 is no token's.
+NUMERIC_DATE_CLAIMS = ("exp", "nbf", "iat")
+LATEST_NUMERIC_DATE = 253402300799  # 9999-12-31T23:59:59Z
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,19 +71,19 @@ class JwksKeys:
     PyJWKClient would refetch on every unknown `kid`, which lets forged tokens drive a fetch storm,
     and it forgets its keys when a refetch fails; this keeps the last good set and rate-limits.
     After a successful fetch the next one waits `min_refresh` seconds (a forged `kid` cannot
-    cause more); after a failed one it waits only `retry` seconds, doubling with each further
-    failure up to `min_refresh`, so that the keys are back within seconds of the JWKS.
+    cause more); after a failed one it waits only `retry` seconds, however many failed before,
+    so that the keys are back within `retry` seconds of the JWKS whatever the outage was like.
+    (A backoff that grew with each failure made a long outage a slow recovery.)
     """
 
     def __init__(
-        self, url: str, *, ttl: float, min_refresh: float, timeout: float, retry: float = 1.0
+        self, url: str, *, ttl: float, min_refresh: float, timeout: float, retry: float = 2.0
     ) -> None:
         self._url = url
         self._ttl = ttl
         self._min_refresh = min_refresh
         self._timeout = timeout
-        self._first_retry = min(retry, min_refresh)
-        self._retry = self._first_retry
+        self._retry = min(retry, min_refresh)
         self._lock = threading.Lock()
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at = -math.inf
@@ -110,12 +120,10 @@ class JwksKeys:
                 self._last_fetch_failed = True
                 # From the end of the attempt: a fetch that timed out must not be retried at once.
                 self._next_attempt_at = time.monotonic() + self._retry
-                self._retry = min(self._retry * 2, self._min_refresh)
             else:
                 self._fetched_at = now
                 self._last_fetch_failed = False
                 self._next_attempt_at = now + self._min_refresh
-                self._retry = self._first_retry
         key = self._keys.get(kid)
         if key is not None:
             return key
@@ -242,9 +250,19 @@ def _unverified_header(token: str) -> tuple[str, str | None]:
     alg, kid = header.get("alg"), header.get("kid")
     if not isinstance(alg, str):
         raise AuthError("malformed", "Token is malformed")
-    if header.get("typ") == SESSION_CACHE_TYPE:
-        raise _session_cache_error()
+    if "typ" in header:
+        _check_type(header["typ"])
     return alg, kid if isinstance(kid, str) else None
+
+
+def _check_type(typ: object) -> None:
+    """Explicit typing (RFC 8725 §3.11): only an access token's `typ` is accepted."""
+    media_type = typ.lower().removeprefix("application/") if isinstance(typ, str) else None
+    if media_type in ACCESS_TOKEN_TYPES:
+        return
+    if media_type == SESSION_CACHE_TYPE:
+        raise _session_cache_error()
+    raise AuthError("wrong_type", "Token type is not an access token's: expected JWT or at+jwt")
 
 
 def _is_session_cache_audience(aud: object) -> bool:
@@ -262,6 +280,13 @@ def _session_cache_error() -> AuthError:
 
 
 def _claims(payload: dict[str, Any]) -> Claims:
+    for name in NUMERIC_DATE_CLAIMS:
+        if name in payload:
+            value = payload[name]
+            # type(), not isinstance(): a bool is an int to Python, not a number to JSON.
+            # NaN fails both comparisons; infinities fail one.
+            if type(value) not in (int, float) or not 0 <= value <= LATEST_NUMERIC_DATE:
+                raise AuthError("malformed", f"Token '{name}' claim is not a valid time")
     sub = payload["sub"]
     # A user id becomes a path segment: "/", "." and ".." could never address their own tasks.
     if (

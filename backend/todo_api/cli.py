@@ -149,22 +149,27 @@ def _migrate(revision: str, *, downgrade: bool) -> None:
 
 
 def _serve() -> None:
-    """Exactly `gunicorn -c python:todo_api.gunicorn_conf todo_api.main:app`."""
+    """`gunicorn -c python:todo_api.gunicorn_conf todo_api.main:app`, with a drain on SIGTERM."""
     from todo_api.config import ServerSettings, Settings
     from todo_api.preflight import check_databases, load
 
     # Here, before Gunicorn forks, with one clear line, rather than in every worker's start-up.
-    load(ServerSettings)
+    server = load(ServerSettings)
     settings = load(Settings)
     try:
         settings.require_token_keys()
     except ValueError as error:
         raise StartupError(str(error)) from None
     check_databases(settings, migrating=settings.migrate_on_start)
-    from gunicorn.app.wsgiapp import run
+    from gunicorn.app.wsgiapp import WSGIApplication
+
+    from todo_api import drain
 
     sys.argv = ["gunicorn", "-c", "python:todo_api.gunicorn_conf", "todo_api.main:app"]
-    run()
+    drain.serve(
+        WSGIApplication("%(prog)s [OPTIONS] [APP_MODULE]"),
+        drain_seconds=server.shutdown_drain_seconds,
+    )
 
 
 if __name__ == "__main__":

@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     migrate_on_start: bool = True
     migration_lock_timeout_seconds: float = Field(default=60.0, gt=0, le=MAX_TIMEOUT_SECONDS)
     migration_statement_timeout_seconds: float = Field(default=300.0, gt=0, le=MAX_TIMEOUT_SECONDS)
+    # How long one migration statement may wait for a table lock (todo_api/migrations/env.py):
+    # every request on that table queues behind the waiting statement, so this bounds the stall
+    # a release causes; on a timeout the migrations are rolled back and tried again.
+    migration_ddl_lock_timeout_seconds: float = Field(default=2.0, gt=0, le=MAX_TIMEOUT_SECONDS)
+    migration_ddl_attempts: int = Field(default=10, ge=1, le=100)
 
     # Authentication
     better_auth_secret: str | None = None
@@ -167,6 +172,10 @@ class ServerSettings(BaseSettings):
     web_concurrency: int = Field(default=2, ge=1, le=64)
     gunicorn_timeout: int = Field(default=30, ge=1)
     graceful_timeout: int = Field(default=20, ge=1)  # below Kubernetes' 30 s grace period
+    # On SIGTERM: /readyz answers 503 while requests are still served, for this long, before the
+    # listeners close (todo_api/drain.py); longer than a load balancer takes to notice (README,
+    # Releases). A stop takes up to this plus GRACEFUL_TIMEOUT.
+    shutdown_drain_seconds: float = Field(default=5.0, ge=0, le=300)
     keepalive: int = Field(default=75, ge=1)  # above a load balancer's 60 s idle timeout
     # No recycling by default: a worker's RSS stays flat (98.3 -> 98.8 MiB over 100k requests,
     # errors included); recycling, when set, loses no request (protocol.py) but costs a restart.
@@ -176,6 +185,9 @@ class ServerSettings(BaseSettings):
     # front usually allows 32-64 KiB; a client gets this long from a head's first byte.
     max_request_head_bytes: int = Field(default=32 * 1024, ge=1024, le=1024 * 1024)
     request_head_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # Request bodies (todo_api/protocol.py): a body gets this long from the end of its head; at
+    # MAX_BODY_BYTES (64 KiB) that is 6.5 KB/s, slower than a poor mobile link.
+    request_body_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     # When a worker stops, an idle keep-alive connection may still bring one request this long.
     shutdown_idle_grace_seconds: float = Field(default=1.0, gt=0, le=10)
     forwarded_allow_ips: str = "127.0.0.1"

@@ -7,6 +7,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from todo_api.drain import draining
+
 router = APIRouter(include_in_schema=False)
 
 # Probes get their own thread so that a busy request pool cannot starve them, nor they it.
@@ -23,6 +25,8 @@ async def livez() -> dict[str, str]:
 @router.api_route("/readyz", methods=["GET", "HEAD"])
 async def readyz(request: Request) -> JSONResponse:
     """The database answers within READINESS_TIMEOUT_SECONDS, else 503 with the reason."""
+    if draining():  # SIGTERM: out of rotation before the listeners close (todo_api/drain.py)
+        return JSONResponse({"status": "unavailable", "reason": "draining"}, status_code=503)
     engine: Engine = request.app.state.probe_engine
     timeout: float = request.app.state.settings.readiness_timeout_seconds
     reason = None

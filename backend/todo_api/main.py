@@ -11,7 +11,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.routing import Mount
 
 from todo_api import health
-from todo_api.auth import TokenVerifier
+from todo_api.auth import TokenVerifier, path_user
 from todo_api.config import Settings, get_settings
 from todo_api.db import create_db_engine
 from todo_api.http import BodySizeLimit, CatchAll, install_error_handlers
@@ -74,7 +74,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = install_metrics(app, settings)
     app.state.on_auth_failure = lambda reason: metrics.auth_failures.labels(reason).inc()
     app.state.on_not_ready = on_not_ready(metrics)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        # A request without valid credentials is answered before its body is waited for.
+        credentials=(path_user, lambda request: path_user(request, request.path_params["user_id"])),
+    )
     # Outside everything that answers with an error, so 401, 403, 404, 413 and 422 carry the
     # CORS headers too and a browser sees the real status.
     app.add_middleware(

@@ -34,6 +34,7 @@ def migrate(settings: Settings, revision: str = "head", *, downgrade: bool = Fal
         with engine.connect() as conn, _exclusive(engine, conn, settings):
             config = alembic_config()
             config.attributes["connection"] = conn
+            config.attributes["settings"] = settings
             if downgrade:
                 command.downgrade(config, revision)
             else:

@@ -3,13 +3,17 @@
 // It shares the API's PostgreSQL database. Every table is created by the API's Alembic
 // migrations (`todo-api migrate`), never by Better Auth's own migrate command, so the names
 // below must match backend/todo_api/auth_schema.py and backend/todo_api/tasks/models.py
-// column for column; tests/test_better_auth.py asks Better Auth's migration planner to
+// column for column; tests/e2e/test_better_auth.py asks Better Auth's migration planner to
 // confirm that they do.
+import { BlockList, isIP } from "node:net";
 import { betterAuth } from "better-auth";
 import { jwt } from "better-auth/plugins";
 import pg from "pg";
 
 const DAY = 24 * 60 * 60;
+// The one header Better Auth reads the client's address from (for its rate limits and the
+// sessions' ip_address): server.mjs sets it on every request, replacing any value a client sent.
+export const CLIENT_ADDRESS_HEADER = "x-companion-client-address";
 
 /** A positive whole number of seconds from the environment, or `fallback`. */
 function seconds(env, name, fallback) {
@@ -20,6 +24,28 @@ function seconds(env, name, fallback) {
     throw new Error(`${name} must be a positive whole number of seconds, not ${JSON.stringify(raw)}`);
   }
   return value;
+}
+
+/** TRUSTED_PROXIES: proxies' addresses and CIDR ranges, comma-separated; none by default. */
+function trustedProxies(env) {
+  const list = new BlockList();
+  const entries = (env.TRUSTED_PROXIES || "").split(",").map((entry) => entry.trim());
+  for (const entry of entries.filter(Boolean)) {
+    const [address, prefix, ...rest] = entry.split("/");
+    const type = { 4: "ipv4", 6: "ipv6" }[isIP(address)];
+    const valid = type && rest.length === 0 && (prefix === undefined || /^\d+$/.test(prefix));
+    try {
+      if (!valid) throw new Error("not an address or range");
+      if (prefix === undefined) list.addAddress(address, type);
+      else list.addSubnet(address, Number(prefix), type); // throws for a prefix such as /33
+    } catch {
+      throw new Error(
+        `TRUSTED_PROXIES: ${JSON.stringify(entry)} is not an IP address or CIDR range ` +
+          "(list your proxies' own addresses, e.g. 10.0.0.0/24)",
+      );
+    }
+  }
+  return list;
 }
 
 function required(env, name, hint) {
@@ -45,6 +71,8 @@ export function readSettings(env = process.env) {
     graceSeconds: seconds(env, "JWKS_GRACE_SECONDS", 30 * DAY),
     // Where the demo page sends its task requests.
     todoApiURL: env.TODO_API_URL || "http://127.0.0.1:8000",
+    // Proxies whose X-Forwarded-For is believed (see clientAddress in server.mjs).
+    trustedProxies: trustedProxies(env),
   };
 }
 
@@ -97,6 +125,9 @@ export function authOptions(settings, pool) {
     // Other frontends' origins (a Next.js app, say) come from BETTER_AUTH_TRUSTED_ORIGINS,
     // comma-separated, which Better Auth reads itself; the companion's own origin is trusted.
     emailAndPassword: { enabled: true },
+    // Better Auth's default reads X-Forwarded-For, which any client can write (a new address per
+    // attempt escaped its sign-in limit); without that header it put every client in one bucket.
+    advanced: { ipAddress: { ipAddressHeaders: [CLIENT_ADDRESS_HEADER] } },
     ...core,
     telemetry: { enabled: false },
     plugins: [

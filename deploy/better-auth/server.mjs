@@ -3,8 +3,9 @@
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { createServer } from "node:http";
+import { isIP } from "node:net";
 import { toNodeHandler } from "better-auth/node";
-import { createAuth, createPool, readSettings } from "./auth.mjs";
+import { CLIENT_ADDRESS_HEADER, createAuth, createPool, readSettings } from "./auth.mjs";
 
 const settings = readSettings();
 const pool = createPool(settings);
@@ -46,6 +47,25 @@ function demoPage({ todoApiURL }) {
   };
 }
 
+/**
+ * The client's address, as far as this deployment can vouch for it: the socket's peer, unless
+ * that is a trusted proxy (TRUSTED_PROXIES); then the address that proxy appended to
+ * X-Forwarded-For, and so on leftwards while the address found is a trusted proxy's. What lies
+ * further left is whatever the client wrote, and is never read; nor is the header at all when
+ * the peer is not a trusted proxy. A hop that is not a plain address stops the walk there.
+ */
+function clientAddress(request) {
+  let address = request.socket.remoteAddress;
+  const hops = String(request.headers["x-forwarded-for"] ?? "").split(",");
+  const trusted = (ip) => settings.trustedProxies.check(ip, isIP(ip) === 6 ? "ipv6" : "ipv4");
+  while (address && trusted(address)) {
+    const hop = hops.pop()?.trim();
+    if (!hop || !isIP(hop)) break;
+    address = hop;
+  }
+  return address;
+}
+
 async function healthz(response) {
   // Ready means the database answers: without it no one can sign in.
   let status = 200;
@@ -61,6 +81,9 @@ async function healthz(response) {
 const server = createServer((request, response) => {
   const path = (request.url || "/").split("?")[0];
   if (path === "/api/auth" || path.startsWith("/api/auth/")) {
+    const address = clientAddress(request);
+    if (address) request.headers[CLIENT_ADDRESS_HEADER] = address;
+    else delete request.headers[CLIENT_ADDRESS_HEADER];
     handleAuth(request, response).catch((error) => {
       console.error("auth handler failed:", error);
       if (!response.headersSent) response.writeHead(500, { "Content-Type": "application/json" });
