@@ -18,7 +18,7 @@ import yaml
 
 from tests.support import free_port
 from tests.support.better_auth_stack import PASSWORD
-from tests.support.container_engine import REPO, Engine, Images, compose_command
+from tests.support.container_engine import REPO, Engine, Images, checked, compose_command
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 
@@ -32,17 +32,8 @@ class Stack:
     engine: Engine
 
     def __call__(self, *args: str, timeout: float = 300, check: bool = True) -> str:
-        done = subprocess.run(
-            [*self.compose, *args],
-            cwd=self.directory,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if check and done.returncode != 0:
-            raise AssertionError(f"compose {args} exited {done.returncode}:\n{done.stderr[-4000:]}")
-        return done.stdout
+        command = [*self.compose, *args]
+        return checked(command, self.env, cwd=self.directory, timeout=timeout, check=check)
 
     @property
     def api(self) -> str:

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 import yaml
 
 from tests.support import hs256, missing
-from tests.support.container_engine import REPO, Engine, Images
+from tests.support.container_engine import REPO, Engine, Images, checked
 from todo_api.db import normalise_url
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
@@ -68,16 +68,7 @@ class Kube:
         self.played: list[Path] = []
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 300) -> str:
-        done = subprocess.run(
-            [*self.podman, *args],
-            env=self.engine.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if check and done.returncode != 0:
-            raise AssertionError(f"podman {args} exited {done.returncode}:\n{done.stderr[-3000:]}")
-        return done.stdout
+        return checked([*self.podman, *args], self.engine.env, timeout=timeout, check=check)
 
     def play(self, name: str, doc: dict[str, Any], configmap: Path) -> None:
         path = self.scratch / f"{name}.yaml"

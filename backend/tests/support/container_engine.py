@@ -33,6 +33,23 @@ CONTAINERS_CONF = REPO / "deploy" / "images" / "containers.conf"
 CONTEXT_EPOCH = 946684800  # 2000-01-01T00:00:00Z
 
 
+def checked(
+    command: list[str],
+    env: dict[str, str],
+    *,
+    cwd: Path | None = None,
+    timeout: float = 600,
+    check: bool = True,
+) -> str:
+    """Runs `command`; its stdout, or an AssertionError with its stderr when it fails."""
+    done = subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"{command} exited {done.returncode}:\n{done.stderr[-4000:]}")
+    return done.stdout
+
+
 @dataclass
 class Engine:
     """An engine's Docker API socket and how to reach it from the command line."""
@@ -45,13 +62,7 @@ class Engine:
 
     def run(self, *args: str, timeout: float = 600, check: bool = True) -> str:
         """The engine's own CLI (docker or podman) with `args`; stdout."""
-        command = [*self.cli(), *args]
-        done = subprocess.run(
-            command, env=self.env, capture_output=True, text=True, timeout=timeout
-        )
-        if check and done.returncode != 0:
-            raise AssertionError(f"{command} exited {done.returncode}:\n{done.stderr[-4000:]}")
-        return done.stdout
+        return checked([*self.cli(), *args], self.env, timeout=timeout, check=check)
 
     def cli(self) -> list[str]:
         return self.podman if self.kind == "podman" else ["docker"]
