@@ -3,7 +3,7 @@ a real PgBouncer in transaction mode (tests/pooler.py), over real HTTP.
 
 PostgreSQL comes from TEST_DATABASE_URL, else testcontainers (when a Docker engine answers),
 else a server on localhost:5432; each run creates its own database and drops it. With none
-available the PostgreSQL tests are skipped loudly, or fail when REQUIRE_POSTGRES=1 (CI).
+available the PostgreSQL tests are skipped loudly, or fail under CI (CI=true).
 """
 
 from collections.abc import Iterator
