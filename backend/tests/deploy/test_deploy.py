@@ -358,8 +358,8 @@ def test_workflow_runs_the_same_steps_as_ci_run() -> None:
     ]
     assert len(runners) == 1, "exactly one job runs `bash .ci/run`"
     name, job = runners[0]
-    # A real PostgreSQL (CI fails the PostgreSQL tests without one), as a service container, reached by its name
-    # from a container job (by localhost and the published port otherwise).
+    # A real PostgreSQL (CI fails the PostgreSQL tests without one), as a service container,
+    # reached by its name from a container job (by localhost and the published port otherwise).
     ((service_name, service),) = job["services"].items()
     assert service["image"].startswith("postgres:")
     published, _, container_port = service["ports"][0].partition(":")
