@@ -67,6 +67,8 @@ def gunicorn(database_url: str, tmp_path: Path, **env: str) -> Iterator[Server]:
         "WEB_CONCURRENCY": "2",
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
         "LOG_FORMAT": "json",
+        # Each log line in the file as it is written, as the image's own environment has it.
+        "PYTHONUNBUFFERED": "1",
         # These tests stop at once on SIGTERM, as before the drain (tests/deploy/test_release.py).
         "SHUTDOWN_DRAIN_SECONDS": "0",
         **env,
