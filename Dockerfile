@@ -66,8 +66,13 @@ RUN apt-get update -qq \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         pgbouncer prometheus make curl >/dev/null \
     && rm -rf /var/lib/apt/lists/*
+# The dev dependencies from the lock, then the project from the wheel the builder just made: a
+# `uv sync` of the project would take uv's cached build of it, which uv keys on pyproject.toml
+# and not on the code, and so could install the code of an earlier build (seen with buildah).
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-editable
+    uv sync --frozen --no-install-project \
+    && uv pip install --python /app/.venv/bin/python --offline --no-deps --reinstall \
+        /dist/todo_api-*.whl
 COPY backend/tests ./tests
 COPY Dockerfile .dockerignore docker-compose.yml docker-compose.test.yml .env.example \
     Makefile README.md /src/
