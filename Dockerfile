@@ -89,7 +89,10 @@ ENV CI=true
 # belong to a checkout with its virtualenv in backend/.venv, and the tests that take previous
 # releases from the repository's git history (the image has no .git), and the Kustomize renders
 # (kubectl has no Debian package to install here).
-CMD ["pytest", "-p", "no:cacheprovider", "-m", "not container", "--ignore=tests/e2e", \
+# And the slow tests (server processes, fuzzing, stalled databases): they run on the host, and
+# the image's suite is the fast tier, the API on every backend and the database layer on this
+# image's own interpreter and packages.
+CMD ["pytest", "-p", "no:cacheprovider", "-m", "not container and not slow", "--ignore=tests/e2e", \
      "--ignore=tests/deploy/test_docs_assets.py", "--ignore=tests/deploy/test_release.py", \
      "--ignore=tests/db/test_migration_compat.py", \
      "--deselect=tests/server/test_cli.py::test_make_run_listens_on_port", \
