@@ -234,14 +234,18 @@ class TestAuthProfile:
         assert preflight.headers["access-control-allow-origin"] == stack.companion
 
 
-def replica_states(stack: Stack) -> dict[str, str]:
-    """HAProxy's view of the `replicas` backend (/stats;csv): server name -> status, for the
-    slots that hold an address (an empty slot of server-template is in MAINT)."""
+def haproxy_stats(stack: Stack) -> list[dict[str, str]]:
+    """HAProxy's /stats;csv, one row per frontend, backend and server."""
     url = f"http://127.0.0.1:{stack.settings['LB_STATS_PORT']}/stats;csv"
-    rows = csv.DictReader(httpx.get(url).text.removeprefix("# ").splitlines())
+    return list(csv.DictReader(httpx.get(url).text.removeprefix("# ").splitlines()))
+
+
+def replica_states(stack: Stack) -> dict[str, str]:
+    """HAProxy's view of the `replicas` backend: server name -> status, for the slots that
+    hold an address (an empty slot of server-template is in MAINT)."""
     return {
         row["svname"]: row["status"]
-        for row in rows
+        for row in haproxy_stats(stack)
         if row["pxname"] == "replicas"
         and row["svname"] not in {"FRONTEND", "BACKEND"}
         and not row["status"].startswith("MAINT")
@@ -266,6 +270,8 @@ class TestLoadBalancerProfile:
         assert len(replicas) == 2
         states = wait_replicas_up(stack, 2)
         assert list(states.values()) == ["UP", "UP"], states
+        # Only the backend LB_BACKEND names: the other one's servers would be checked for nothing.
+        assert {row["pxname"] for row in haproxy_stats(stack)} == {"api", "replicas", "stats"}
 
     def test_a_token_and_task_round_trip_through_haproxy(self, stack: Stack) -> None:
         wait_replicas_up(stack, 2)
@@ -341,6 +347,8 @@ class TestLifecycle:
         assert left["containers"] == [] and left["networks"] == [], left
         assert left["volumes"], "down without -v keeps the volumes"
         stack.up()
+        # API_REPLICAS in .env: a later `up` keeps both replicas (a one-off --scale would not).
+        assert [c["Service"] for c in stack.containers()].count("api") == 2
         listed = httpx.get(f"{stack.api}/api/bob/tasks", headers=headers).json()
         assert [task["title"] for task in listed] == ["kept"]
         stack("down", "--volumes", timeout=300)
