@@ -26,6 +26,7 @@ python_version="$(sed -n 's/^ARG PYTHON_VERSION=//p' "$repo/Dockerfile")"
 node_from="$(sed -n 's/^FROM //p' "$repo/deploy/better-auth/Dockerfile")"
 postgres_from="$(sed -n 's/^ *image: \(postgres:.*\)$/\1/p' "$repo/docker-compose.yml")"
 prometheus_from="$(sed -n 's/^ *image: \(prom\/prometheus:.*\)$/\1/p' "$repo/docker-compose.yml")"
+haproxy_from="$(sed -n 's/^ *image: \(haproxy:.*\)$/\1/p' "$repo/docker-compose.yml")"
 
 base=localhost/todo-stand-in/debian:bookworm
 missing() { $force || ! podman image exists "$1"; }
@@ -35,6 +36,7 @@ say() { echo "images: $*" >&2; }
 if $pull; then
   for image in "docker.io/library/python:${python_version}-slim-bookworm" \
       "docker.io/library/$postgres_from" "docker.io/$prometheus_from" \
+      "docker.io/library/$haproxy_from" \
       "ghcr.io/astral-sh/uv:$uv_version" "docker.io/library/$node_from"; do
     missing "$image" && podman pull --quiet "$image" >/dev/null
   done
@@ -59,7 +61,7 @@ fi
 # host (its CA bundle, so that TLS through a site's proxy works inside builds as it does outside).
 context="$(mktemp -d)"
 trap 'rm -rf "$context"' EXIT
-cp "$here"/postgres-entrypoint.sh "$context/"
+cp "$here"/postgres-entrypoint.sh "$here"/haproxy-entrypoint.sh "$context/"
 cp "${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}" "$context/ca-certificates.crt"
 
 # build NAME CONTAINERFILE: --network host for apt (the default network would also do where
@@ -74,6 +76,7 @@ build() {
 build "docker.io/library/python:${python_version}-slim-bookworm" python.Containerfile
 build "docker.io/library/$postgres_from" postgres.Containerfile
 build "docker.io/$prometheus_from" prometheus.Containerfile
+build "docker.io/library/$haproxy_from" haproxy.Containerfile
 
 uv_image="ghcr.io/astral-sh/uv:$uv_version"
 if missing "$uv_image"; then

@@ -1,11 +1,15 @@
 """docker-compose.yml as a user runs it, with a real Compose v2 CLI against a real engine: one
-`up -d` of the default stack and the `auth` profile (chosen in .env, as the README says), shared
-by the checks below; then `down`/`up` keeps the data, and `down -v` leaves nothing behind."""
+`up -d` of the default stack with the `auth` and `lb` profiles and two API replicas (chosen in
+.env, as the README says), shared by the checks below; then `down`/`up` keeps the data, and
+`down -v` leaves nothing behind."""
 
+import contextlib
+import csv
 import json
 import secrets
 import shutil
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,14 +34,26 @@ class Stack:
     directory: Path
     settings: dict[str, str]
     engine: Engine
+    # The first API replica's published port (each replica has its own), found after each `up`.
+    api: str = ""
 
     def __call__(self, *args: str, timeout: float = 300, check: bool = True) -> str:
         command = [*self.compose, *args]
         return checked(command, self.env, cwd=self.directory, timeout=timeout, check=check)
 
+    def up(self) -> None:
+        """`up -d` as the README says, then every API replica healthy."""
+        self("up", "--detach", timeout=400)
+        self.wait_healthy("api")
+        self.api = f"http://{self.published('api', 8000)}"
+
+    def published(self, service: str, port: int, index: int = 1) -> str:
+        """host:port where replica `index` of `service` publishes `port`."""
+        return self("port", "--index", str(index), service, str(port)).strip()
+
     @property
-    def api(self) -> str:
-        return f"http://127.0.0.1:{self.settings['API_PORT']}"
+    def balancer(self) -> str:
+        return f"http://127.0.0.1:{self.settings['LB_PORT']}"
 
     @property
     def companion(self) -> str:
@@ -48,14 +64,14 @@ class Stack:
         return [json.loads(line) for line in lines if line.strip()]
 
     def wait_healthy(self, service: str, timeout: float = 120) -> None:
+        """Every container of `service` (each replica) healthy."""
         deadline = time.monotonic() + timeout
-        status = ""
+        status: list[str] = []
         while time.monotonic() < deadline:
             found = [c for c in self.containers() if c["Service"] == service]
-            if found:
-                status = str(found[0].get("Health") or found[0].get("State"))
-                if status == "healthy":
-                    return
+            status = [str(c.get("Health") or c.get("State")) for c in found]
+            if status and set(status) == {"healthy"}:
+                return
             time.sleep(1)
         raise AssertionError(f"{service} not healthy in {timeout}s ({status}):\n{self.logs()}")
 
@@ -77,16 +93,20 @@ class Stack:
 
 def write_env(directory: Path) -> dict[str, str]:
     """.env from .env.example, filled in as the README says, on free ports, with the `auth`
-    profile and the companion wired to the API."""
+    profile and the companion wired to the API, and the `lb` profile: HAProxy in front of two
+    API replicas, each on a free port of its own (API_PORT empty)."""
     auth_port = free_port()
     settings = {
         "POSTGRES_PASSWORD": secrets.token_hex(24),
         "BETTER_AUTH_SECRET": secrets.token_hex(32),
         "METRICS_TOKEN": secrets.token_hex(32),
-        "API_PORT": str(free_port()),
+        "API_PORT": "",
+        "API_REPLICAS": "2",
+        "LB_PORT": str(free_port()),
+        "LB_STATS_PORT": str(free_port()),
         "PROMETHEUS_PORT": str(free_port()),
         "AUTH_PORT": str(auth_port),
-        "COMPOSE_PROFILES": "auth",
+        "COMPOSE_PROFILES": "auth,lb",
         "BETTER_AUTH_URL": f"http://localhost:{auth_port}",
         "BETTER_AUTH_JWKS_URL": "http://better-auth:3001/api/auth/jwks",
         "CORS_ORIGINS": f"http://localhost:{auth_port}",
@@ -108,8 +128,7 @@ def stack(container_engine: Engine, images: Images, repo_copy: Path) -> Iterator
         compose_command(container_engine), env, repo_copy, write_env(repo_copy), container_engine
     )
     try:
-        running("up", "--detach", timeout=400)
-        running.wait_healthy("api")
+        running.up()
         yield running
     finally:
         running("down", "--volumes", "--remove-orphans", check=False, timeout=300)
@@ -215,6 +234,108 @@ class TestAuthProfile:
         assert preflight.headers["access-control-allow-origin"] == stack.companion
 
 
+def haproxy_stats(stack: Stack) -> list[dict[str, str]]:
+    """HAProxy's /stats;csv, one row per frontend, backend and server."""
+    url = f"http://127.0.0.1:{stack.settings['LB_STATS_PORT']}/stats;csv"
+    return list(csv.DictReader(httpx.get(url).text.removeprefix("# ").splitlines()))
+
+
+def replica_states(stack: Stack) -> dict[str, str]:
+    """HAProxy's view of the `replicas` backend: server name -> status, for the slots that
+    hold an address (an empty slot of server-template is in MAINT)."""
+    return {
+        row["svname"]: row["status"]
+        for row in haproxy_stats(stack)
+        if row["pxname"] == "replicas"
+        and row["svname"] not in {"FRONTEND", "BACKEND"}
+        and not row["status"].startswith("MAINT")
+    }
+
+
+def wait_replicas_up(stack: Stack, count: int, timeout: float = 30) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    states: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            states = replica_states(stack)
+            if list(states.values()).count("UP") == count:
+                return states
+        time.sleep(0.5)
+    raise AssertionError(f"HAProxy does not see {count} replicas UP: {states}\n{stack.logs()}")
+
+
+class TestLoadBalancerProfile:
+    def test_haproxy_finds_both_replicas_by_dns_and_checks_them_up(self, stack: Stack) -> None:
+        replicas = [c for c in stack.containers() if c["Service"] == "api"]
+        assert len(replicas) == 2
+        states = wait_replicas_up(stack, 2)
+        assert list(states.values()) == ["UP", "UP"], states
+        # Only the backend LB_BACKEND names: the other one's servers would be checked for nothing.
+        assert {row["pxname"] for row in haproxy_stats(stack)} == {"api", "replicas", "stats"}
+
+    def test_a_token_and_task_round_trip_through_haproxy(self, stack: Stack) -> None:
+        wait_replicas_up(stack, 2)
+        headers = {"Authorization": f"Bearer {readme_token(stack, 'carol')}"}
+        with httpx.Client(base_url=stack.balancer, headers=headers) as client:
+            created = client.post("/api/carol/tasks", json={"title": "balanced"})
+            assert created.status_code == 201, created.text
+            # Several reads: leastconn spreads them, and every replica sees the same database.
+            for _ in range(4):
+                listed = client.get("/api/carol/tasks")
+                assert [task["title"] for task in listed.json()] == ["balanced"]
+
+    def test_haproxy_runs_unprivileged_on_a_read_only_root(
+        self, stack: Stack, container_engine: Engine
+    ) -> None:
+        haproxy = next(c for c in stack.containers() if c["Service"] == "haproxy")
+        inspected = container_engine.client.api.inspect_container(haproxy["ID"])
+        assert inspected["HostConfig"]["ReadonlyRootfs"] is True
+        status = stack("exec", "-T", "haproxy", "cat", "/proc/1/status")
+        assert "CapEff:\t0000000000000000" in status
+        uid = next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))
+        assert uid != "0", status
+
+    def test_a_stopped_replica_drains_while_requests_through_haproxy_succeed(
+        self, stack: Stack, container_engine: Engine
+    ) -> None:
+        """`docker stop` of one replica, as a release does: SIGTERM, /readyz 503 during the
+        drain, HAProxy takes it out, and no request through HAProxy fails meanwhile."""
+        wait_replicas_up(stack, 2)
+        second = f"http://{stack.published('api', 8000, index=2)}"
+        replica = next(
+            c for c in stack.containers() if c["Service"] == "api" and str(c["Name"]).endswith("-2")
+        )
+        headers = {"Authorization": f"Bearer {readme_token(stack, 'dave')}"}
+        stopped = threading.Event()
+
+        def stop() -> None:
+            container_engine.client.containers.get(str(replica["ID"])).stop(timeout=30)
+            stopped.set()
+
+        started = time.monotonic()
+        stopper = threading.Thread(target=stop)
+        stopper.start()
+        answers: list[int] = []
+        draining: set[int] = set()
+        with httpx.Client(base_url=stack.balancer, headers=headers) as client:
+            while not stopped.is_set() and time.monotonic() - started < 40:
+                answers.append(client.get("/api/dave/tasks").status_code)
+                with contextlib.suppress(httpx.HTTPError):
+                    draining.add(httpx.get(f"{second}/readyz", timeout=1).status_code)
+                time.sleep(0.05)
+            stopper.join()
+            elapsed = time.monotonic() - started
+            after = [client.get("/api/dave/tasks").status_code for _ in range(5)]
+        assert 503 in draining, f"the replica never answered /readyz with 503: {draining}"
+        assert elapsed >= 4, f"stopped in {elapsed:.1f}s: no drain (SHUTDOWN_DRAIN_SECONDS 5)"
+        assert answers and set(answers) == {200}, answers
+        assert after == [200] * 5
+        inspected = container_engine.client.api.inspect_container(str(replica["ID"]))
+        assert inspected["State"]["ExitCode"] == 0, inspected["State"]
+        assert list(replica_states(stack).values()).count("UP") == 1
+        print(f"drain: {len(answers)} requests through HAProxy in {elapsed:.1f}s, all 200")
+
+
 class TestLifecycle:
     def test_data_survives_down_and_up_and_down_v_leaves_nothing(self, stack: Stack) -> None:
         headers = {"Authorization": f"Bearer {readme_token(stack, 'bob')}"}
@@ -225,8 +346,9 @@ class TestLifecycle:
         left = stack.project_objects()
         assert left["containers"] == [] and left["networks"] == [], left
         assert left["volumes"], "down without -v keeps the volumes"
-        stack("up", "--detach", timeout=400)
-        stack.wait_healthy("api")
+        stack.up()
+        # API_REPLICAS in .env: a later `up` keeps both replicas (a one-off --scale would not).
+        assert [c["Service"] for c in stack.containers()].count("api") == 2
         listed = httpx.get(f"{stack.api}/api/bob/tasks", headers=headers).json()
         assert [task["title"] for task in listed] == ["kept"]
         stack("down", "--volumes", timeout=300)
