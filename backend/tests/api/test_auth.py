@@ -1,6 +1,7 @@
 """Token verification: the attack list for HS256 and for EdDSA through a JWKS served here."""
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -237,15 +238,24 @@ class TestJwks:
         assert api.get(URL, headers=bearer(jwks.sign("alice"))).status_code == 200
 
 
+@contextlib.contextmanager
+def app_on_jwks(database_url, jwks, *, min_refresh_seconds):
+    """The app verifying tokens against `jwks`, fetching it at most once per interval."""
+    settings = settings_for(
+        database_url, better_auth_url=jwks.base_url, jwks_min_refresh_seconds=min_refresh_seconds
+    )
+    with running_app(settings) as client:
+        yield client
+
+
 class TestJwksRefetchLimit:
     """Forged kids must not drive one JWKS fetch each (a fetch storm against Better Auth)."""
 
     @pytest.fixture
     def limited(self, sqlite_url, jwks):
-        settings = settings_for(
-            sqlite_url, better_auth_url=jwks.base_url, jwks_min_refresh_seconds=3600
-        )
-        with running_app(settings) as client:
+        # The session's JWKS as the `api` fixture leaves it: an earlier test may have stopped it.
+        jwks.up, jwks.document = True, None
+        with app_on_jwks(sqlite_url, jwks, min_refresh_seconds=3600) as client:
             yield client
 
     def test_unknown_kids_cause_at_most_one_fetch(self, limited, jwks):
@@ -351,10 +361,7 @@ class TestJwksOutageRecovery:
 
     @pytest.fixture
     def interval_30(self, sqlite_url, own_jwks):
-        settings = settings_for(
-            sqlite_url, better_auth_url=own_jwks.base_url, jwks_min_refresh_seconds=30
-        )
-        with running_app(settings) as client:
+        with app_on_jwks(sqlite_url, own_jwks, min_refresh_seconds=30) as client:
             yield client
 
     def test_tokens_are_accepted_within_seconds_of_the_jwks_coming_back(
