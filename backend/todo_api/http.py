@@ -1,31 +1,27 @@
-"""HTTP plumbing shared by the routes: JSON responses, error shapes, error handlers and the
-request body's limits."""
+"""HTTP plumbing shared by the routes: JSON responses, error shapes and error handlers."""
 
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request, status
-from fastapi.dependencies.models import Dependant
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import iter_route_contexts
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from todo_api.deadlines import is_timeout
 
 log = logging.getLogger("todo_api")
 # Where the server (protocol.py) puts a refusal, (status, detail), into a request's ASGI `state`
 # when the request's body cannot be read (it stopped arriving, or its framing is too large): the
-# app answers it as the body is read, so the answer has the request id, CORS and metrics.
+# request layer (edge.py) answers it as the body is read, so the answer has the request id, CORS
+# and metrics.
 REFUSED_BY_SERVER = "todo_api.refused"
 
 _ERROR_DESCRIPTIONS = {
@@ -58,122 +54,6 @@ class JSONBytesResponse(Response):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
-
-
-# The credentials dependency of `BodySizeLimit`, and how to call it on a request by hand.
-Credentials = tuple[Any, Callable[[Request], Awaitable[object]]]
-
-
-class BodySizeLimit:
-    """The request body's limits, as FastAPI reads a body:
-    - a body over `max_bytes` gets a JSON 413, whether declared or streamed;
-    - a route that depends on the `credentials` dependency has it checked before the first byte
-      of its body is asked for;
-    - a body the server refused (it stopped arriving, or its framing is too large) gets the
-      server's status (REFUSED_BY_SERVER).
-
-    FastAPI's own `max_body_size` answers a declared oversize body with plain text (it replaces
-    whatever response the app sends), and our clients always get JSON errors; so this small
-    middleware. The route never sees a byte past the limit, so nothing is changed.
-
-    FastAPI reads a route's whole body before it solves the route's dependencies, so a request
-    without valid credentials would make the server wait for a body it is going to refuse (a
-    client with no token could hold a connection and the memory of a body). Here the dependency,
-    called by hand, answers such a request at once with the very exception it raises; it then
-    runs again as usual, a cache hit for a verified token. Every exception raised while FastAPI
-    reads a body that is an HTTPException passes through untouched and is answered by the app's
-    handlers, like the dependency's own.
-    """
-
-    def __init__(
-        self, app: ASGIApp, max_bytes: int, credentials: Credentials | None = None
-    ) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-        self.credentials = credentials
-        self._route_needs_credentials: dict[int, bool] = {}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = Headers(scope=scope).get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            response = JSONResponse({"detail": self._detail}, status.HTTP_413_CONTENT_TOO_LARGE)
-            await response(scope, receive, send)
-            return
-        received = 0
-        state = scope.get("state")
-        unchecked = self.credentials is not None
-
-        async def limited_receive() -> Message:
-            nonlocal received, unchecked
-            if unchecked:
-                unchecked = False
-                await self._check_credentials(scope)
-            message = await receive()
-            if state is not None and (refused := state.get(REFUSED_BY_SERVER)) is not None:
-                raise HTTPException(*refused)
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, self._detail)
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-    async def _check_credentials(self, scope: Scope) -> None:
-        assert self.credentials is not None
-        dependency, check = self.credentials
-        route = scope.get("route")
-        needed = self._route_needs_credentials.get(id(route))
-        if needed is None:
-            dependant = getattr(route, "dependant", None)
-            needed = dependant is not None and _depends_on(dependant, dependency)
-            self._route_needs_credentials[id(route)] = needed
-        if needed:
-            await check(Request(scope))
-
-    @property
-    def _detail(self) -> str:
-        return f"Request body is larger than {self.max_bytes} bytes"
-
-
-def _depends_on(dependant: Dependant, dependency: Any) -> bool:
-    return any(
-        sub.call is dependency or _depends_on(sub, dependency) for sub in dependant.dependencies
-    )
-
-
-class CatchAll:
-    """Any exception a route lets escape becomes a bare JSON 500, logged once with its request id.
-
-    Starlette runs a handler registered for `Exception` outside every middleware, so such a 500
-    would lack the CORS headers and X-Request-ID; this sits inside them instead.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def watch(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, watch)
-        except Exception:
-            if started:
-                raise
-            log.exception("unhandled error")
-            response = JSONResponse({"detail": "Internal server error"}, 500)
-            await response(scope, receive, send)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -7,7 +7,6 @@ from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 from starlette.routing import Mount
 
@@ -15,10 +14,11 @@ from todo_api import health
 from todo_api.auth import TokenVerifier, path_user
 from todo_api.config import Settings, get_settings
 from todo_api.db import create_db_engine
-from todo_api.http import BodySizeLimit, CatchAll, install_error_handlers
+from todo_api.edge import Edge
+from todo_api.http import install_error_handlers
 from todo_api.idempotency import REPLAYED, IdempotencyKeys
 from todo_api.migrate import migrate
-from todo_api.observability import RequestContext, install_metrics, on_not_ready
+from todo_api.observability import install_metrics, on_not_ready
 from todo_api.state import STATE_KEY, AppState
 from todo_api.tasks.router import router as tasks_router
 from todo_api.work import owners_work
@@ -77,14 +77,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Per-user tasks for a Better Auth frontend",
         lifespan=lifespan,
         static_url=DOCS_ASSETS,
-        # RequestContext serves every path with or without a trailing slash instead.
+        # The request layer serves every path with or without a trailing slash instead.
         redirect_slashes=False,
     )
-    app.add_middleware(CatchAll)  # innermost: its 500 passes through metrics, CORS and ids
-    metrics = install_metrics(app, settings)
+    metrics, http_metrics = install_metrics(app, settings)
+    # The one request layer (todo_api/edge.py): ids, security headers, CORS, body limits, the
+    # catch-all 500, HTTP metrics and the access log.
     app.add_middleware(
-        BodySizeLimit,
-        max_bytes=settings.max_body_bytes,
+        Edge,
+        metrics=http_metrics,
+        # Every error a route answers with (401, 403, 404, 413, 422) carries the CORS headers
+        # too, so a browser sees the real status.
+        cors={
+            "allow_origins": settings.cors_origins,
+            "allow_methods": ["GET", "POST", "PUT", "PATCH", "DELETE"],
+            "allow_headers": [
+                "Authorization",
+                "Content-Type",
+                "X-Request-ID",
+                "Idempotency-Key",
+                "If-Match",
+                "If-None-Match",
+            ],
+            "expose_headers": ["Location", "Link", "X-Request-ID", "ETag", REPLAYED],
+            "max_age": 600,
+        },
+        max_body_bytes=settings.max_body_bytes,
         # A request without valid credentials is answered before its body is waited for.
         # (The routes' dependency is the unit of work of the token's user; the check is the
         # token check it starts with.)
@@ -92,26 +110,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             owners_work,
             lambda request: path_user(request, request.path_params["user_id"]),
         ),
+        hsts_seconds=settings.hsts_seconds,
     )
-    # Outside everything that answers with an error, so 401, 403, 404, 413 and 422 carry the
-    # CORS headers too and a browser sees the real status.
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=settings.cors_origins,
-        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-        allow_headers=[
-            "Authorization",
-            "Content-Type",
-            "X-Request-ID",
-            "Idempotency-Key",
-            "If-Match",
-            "If-None-Match",
-        ],
-        expose_headers=["Location", "Link", "X-Request-ID", "ETag", REPLAYED],
-        max_age=600,
-    )
-    # Outermost: every response gets its X-Request-ID and the security headers.
-    app.add_middleware(RequestContext, hsts_seconds=settings.hsts_seconds)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(tasks_router)

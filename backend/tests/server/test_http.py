@@ -202,7 +202,7 @@ class TestUnexpectedErrors:
 
 
 class TestRequestBodyLayer:
-    """BodySizeLimit, called as the server calls the app: the token is checked before the body
+    """The request layer (edge.py), called as the server calls the app: the token is checked before the body
     is asked for, and a refusal the server hands over is answered by the app."""
 
     @staticmethod
