@@ -19,7 +19,7 @@ def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """
     groups: dict[tuple[Any, ...], dict[str, list[dict[str, Any]]]] = {}
     for run in runs:
-        if run["app"] in ("floor", "product"):
+        if run["app"] in ("floor", "fastapi-floor", "product"):
             groups.setdefault(_key(run), {}).setdefault(run["app"], []).append(run)
     pairs = []
     for apps in groups.values():
@@ -36,6 +36,14 @@ def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         pair["rps_ratio"] = (
             round(pair["product_rps"] / pair["floor_rps"], 3) if pair["floor_rps"] else None
         )
+        if "fastapi-floor" in apps:  # bench/floor_fastapi.py: FastAPI's own cost
+            framework = apps["fastapi-floor"]
+            pair["fastapi_floor_rps"] = _median([r["rps"] for r in framework])
+            pair["fastapi_floor_cpu_ms_per_request"] = _median([_cpu_ms(r) for r in framework])
+            pair["fastapi_floor_ratio"] = round(pair["fastapi_floor_rps"] / pair["floor_rps"], 3)
+            pair["product_to_fastapi_floor"] = round(
+                pair["product_rps"] / pair["fastapi_floor_rps"], 3
+            )
         pairs.append(pair)
     return pairs
 
@@ -224,6 +232,18 @@ def _ratio_table(pairs: list[dict[str, Any]]) -> list[str]:
         ]
         for p in pairs
     ]
+    if any("fastapi_floor_rps" in p for p in pairs):
+        header += ["FastAPI floor req/s", "FastAPI floor/floor", "product/FastAPI floor"]
+        for row, p in zip(rows, pairs, strict=True):
+            row += (
+                [
+                    f"{p['fastapi_floor_rps']:,.0f}",
+                    f"{p['fastapi_floor_ratio']:.2f}",
+                    f"{p['product_to_fastapi_floor']:.2f}",
+                ]
+                if "fastapi_floor_rps" in p
+                else ["-", "-", "-"]
+            )
     return _table(header, rows)
 
 

@@ -90,6 +90,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "in production (default), or the server's superuser, which skips it (to compare with "
         "a product that predates the policy)",
     )
+    p.add_argument(
+        "--fastapi-floor",
+        action="store_true",
+        help="also measure the floor's requests served by FastAPI (floor_fastapi.py) in every "
+        "scenario: FastAPI's own cost, and the product against it",
+    )
     p.add_argument("--keep-db", action="store_true", help="do not drop the database at the end")
     p.add_argument("--results", type=Path, default=BENCH_DIR / "results")
     p.add_argument(
@@ -167,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         if info["sched_autogroup"]:
             print(f"bench: warning: {machine.AUTOGROUP_WARNING}", flush=True)
         session.app("floor", args.workers)
+        if args.fastapi_floor:
+            session.app("fastapi-floor", args.workers)
         session.app("product", args.workers)
         byte_check = session.compare_bodies()
         _measure_all(session, args, explain)

@@ -170,7 +170,7 @@ def start_app(
             "--worker-tmp-dir", "/dev/shm",  # noqa: S108  (as the product: tmpfs heartbeat)
             "--pythonpath", str(BENCH_DIR),
             "--log-level", "warning",
-            "floor:app",
+            "floor_fastapi:app" if kind == "fastapi-floor" else "floor:app",
         ]  # fmt: skip
     log = log_dir / f"{name}-{workers}w.log"
     with log.open("ab") as out:

@@ -80,8 +80,9 @@ class Session:
 
     def pair(self, section: str, scenario: str, connections: int, **options: Any) -> None:
         """The floor, then the product, on the same data: the pair is what gets compared."""
-        for label in ("floor", "product"):
-            self.measure(section, scenario, self.apps[label], connections, **options)
+        for label in ("floor", "fastapi-floor", "product"):
+            if label in self.apps:  # the FastAPI floor only with --fastapi-floor
+                self.measure(section, scenario, self.apps[label], connections, **options)
 
     def measure(
         self,
@@ -169,8 +170,9 @@ class Session:
         }
         same = {}
         for name, path in paths.items():
-            bodies = [_get(self.apps[label].url + path, token) for label in ("floor", "product")]
-            same[name] = bodies[0] == bodies[1]
+            labels = [name for name in ("floor", "fastapi-floor", "product") if name in self.apps]
+            bodies = [_get(self.apps[label].url + path, token) for label in labels]
+            same[name] = all(body == bodies[0] for body in bodies)
             if not same[name]:
                 self.warnings.append(
                     f"{name}: floor and product bodies differ: "

@@ -43,7 +43,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import (
     Column,
-    Delete,
     Index,
     Insert,
     Integer,
@@ -61,7 +60,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, SQLModel
 
 from todo_api.db import UtcDateTime, utcnow
-from todo_api.unit_of_work import UnitOfWork
+from todo_api.unit_of_work import Prepared, UnitOfWork
 
 IDEMPOTENCY_KEY_MAX = 255
 
@@ -123,7 +122,7 @@ _EXPIRED = (
     .limit(PURGE_PER_CLAIM)
 )
 # SQLite: a statement of its own (it has no DELETE in a WITH clause, nor row locks).
-_PURGE: Delete = delete(_keys).where(tuple_(_k.user_id, _k.key).in_(_EXPIRED.scalar_subquery()))
+_PURGE = Prepared(delete(_keys).where(tuple_(_k.user_id, _k.key).in_(_EXPIRED.scalar_subquery())))
 
 
 def _claim_statement(dialect: Any) -> Insert:
@@ -148,11 +147,14 @@ def _claim_statement(dialect: Any) -> Insert:
     ).returning(_k.claim)
 
 
-_CLAIM = {"postgresql": _claim_statement(postgresql), "sqlite": _claim_statement(sqlite)}
-_KEPT = select(_k.fingerprint, _k.status_code, _k.response_headers, _k.response_body).where(
-    _THIS_KEY
+_CLAIM = {
+    "postgresql": Prepared(_claim_statement(postgresql)),
+    "sqlite": Prepared(_claim_statement(sqlite)),
+}
+_KEPT = Prepared(
+    select(_k.fingerprint, _k.status_code, _k.response_headers, _k.response_body).where(_THIS_KEY)
 )
-_STORE = (
+_STORE = Prepared(
     _keys.update()
     .where(_THIS_KEY & (_k.claim == bindparam("held")))
     .values(
@@ -162,8 +164,8 @@ _STORE = (
         expires_at=bindparam("kept_until"),
     )
 )
-_RELEASE = delete(_keys).where(
-    _THIS_KEY & (_k.claim == bindparam("held")) & _k.status_code.is_(None)
+_RELEASE = Prepared(
+    delete(_keys).where(_THIS_KEY & (_k.claim == bindparam("held")) & _k.status_code.is_(None))
 )
 
 

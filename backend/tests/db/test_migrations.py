@@ -241,7 +241,7 @@ class TestListQueryPlan:
     @pytest.mark.parametrize("status", ["all", "pending", "completed"])
     @pytest.mark.parametrize("order", ["desc", "asc"])
     def test_newest_first_uses_an_index_without_sorting(self, big_db, status, order):
-        compiled = LIST_STATEMENTS[status, "created", order].compile(big_db)
+        compiled = LIST_STATEMENTS[status, "created", order].statement.compile(big_db)
         params = {"owner_id": "u7", "limit": 51, "offset": 0}
         with big_db.connect() as conn:
             plan = "\n".join(row[0] for row in conn.exec_driver_sql(f"EXPLAIN {compiled}", params))

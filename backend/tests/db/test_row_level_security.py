@@ -378,7 +378,7 @@ class TestListQueryPlan:
     @pytest.mark.parametrize("status", ["all", "pending", "completed"])
     @pytest.mark.parametrize("order", ["desc", "asc"])
     def test_uses_the_owner_index_without_sorting(self, app_engine, status, order) -> None:
-        compiled = LIST_STATEMENTS[status, "created", order].compile(app_engine)
+        compiled = LIST_STATEMENTS[status, "created", order].statement.compile(app_engine)
         params = {"owner_id": ALICE, "limit": 51, "offset": 0}
         with owner_work(app_engine, ALICE) as conn:
             explain = f"EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {compiled}"
@@ -392,7 +392,7 @@ class TestListQueryPlan:
     def test_the_policy_changes_no_plan(self, app_engine, admin, key) -> None:
         """Every list query keeps the plan it has without row-level security (the superuser's):
         the policy only adds a one-time check of the setting against the owner."""
-        compiled = LIST_STATEMENTS[key].compile(app_engine)
+        compiled = LIST_STATEMENTS[key].statement.compile(app_engine)
         params = {"owner_id": ALICE, "limit": 51, "offset": 0}
         explain = f"EXPLAIN (COSTS OFF) {compiled}"
         with owner_work(app_engine, ALICE) as conn:

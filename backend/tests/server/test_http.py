@@ -202,8 +202,8 @@ class TestUnexpectedErrors:
 
 
 class TestRequestBodyLayer:
-    """The request layer (edge.py), called as the server calls the app: the token is checked before the body
-    is asked for, and a refusal the server hands over is answered by the app."""
+    """The request layer (edge.py), called as the server calls the app: the token is checked
+    before the body is asked for, and a refusal the server hands over is answered by the app."""
 
     @staticmethod
     def post(app, headers: dict[str, str], receive) -> list[dict]:

@@ -14,14 +14,14 @@ Idempotency-Key the same statements run inside the unit of work's transaction
 
 from collections.abc import Mapping
 from functools import cache
-from typing import Any, get_args
+from typing import Any, cast, get_args
 
 from sqlalchemy import (
     Boolean,
     ColumnElement,
+    Delete,
     Insert,
     Integer,
-    Result,
     Select,
     Table,
     Text,
@@ -42,7 +42,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from todo_api.conditional import PreconditionFailed, Version
 from todo_api.db import UtcDateTime, utcnow
 from todo_api.tasks.models import SortOrder, Task, TaskCreate, TaskSort, TaskStatus, User
-from todo_api.unit_of_work import UnitOfWork
+from todo_api.unit_of_work import Prepared, Rows, UnitOfWork
 
 TaskRow = dict[str, Any]
 
@@ -64,12 +64,12 @@ _SORT_COLUMNS = {"created": _c.created_at, "updated": _c.updated_at, "title": _c
 DEFAULT_ORDER: dict[str, SortOrder] = {"created": "desc", "updated": "desc", "title": "asc"}
 
 
-def _rows(result: Result[Any]) -> list[TaskRow]:
+def _rows(result: Rows) -> list[TaskRow]:
     # Plain dicts by position: RowMapping -> dict costs more than the query on a 50-row page.
     return [dict(zip(_KEYS, row, strict=True)) for row in result]
 
 
-def _task(result: Result[Any]) -> TaskRow | None:
+def _task(result: Rows) -> TaskRow | None:
     row = result.first()
     return None if row is None else dict(zip(_VERSIONED_KEYS, row, strict=True))
 
@@ -98,12 +98,12 @@ def _list_statement(status: TaskStatus, sort: TaskSort, order: SortOrder) -> Sel
 # Every statement is built once, at import, with bound parameters: building a SQLAlchemy
 # statement costs more CPU than PostgreSQL spends running it.
 LIST_STATEMENTS = {
-    (status, sort, order): _list_statement(status, sort, order)
+    (status, sort, order): Prepared(_list_statement(status, sort, order))
     for status in get_args(TaskStatus)
     for sort in get_args(TaskSort)
     for order in get_args(SortOrder)
 }
-_GET = select(*_VERSIONED).where(_OWNED)
+_GET = Prepared(select(*_VERSIONED).where(_OWNED))
 # The insert finds no owner row on a user's first write, and then inserts nothing rather than fail
 # on the foreign key: a failed statement would abort the transaction an Idempotency-Key runs in.
 _NEW_TASK: dict[str, ColumnElement[Any]] = {
@@ -114,7 +114,7 @@ _NEW_TASK: dict[str, ColumnElement[Any]] = {
     "created_at": bindparam("now", type_=UtcDateTime()),
     "updated_at": bindparam("now", type_=UtcDateTime()),
 }
-_INSERT = (
+_INSERT = Prepared(
     insert(_tasks)
     .from_select(
         list(_NEW_TASK),
@@ -122,8 +122,8 @@ _INSERT = (
     )
     .returning(*_VERSIONED)
 )
-_DELETE = delete(_tasks).where(_OWNED)
-_TOGGLE = (
+_DELETE = Prepared(delete(_tasks).where(_OWNED))
+_TOGGLE = Prepared(
     update(_tasks)
     .where(_OWNED)
     .values(completed=not_(_c.completed), updated_at=bindparam("now"), version=_NEXT_VERSION)
@@ -193,11 +193,11 @@ def update_task(
 
 
 @cache
-def _update_statement(fields: frozenset[str]) -> Update:
+def _update_statement(fields: frozenset[str]) -> Prepared:
     # One statement per set of changed fields (at most seven), built on first use. The bound
     # names differ from the column names, which SQLAlchemy keeps for its own SET parameters.
     values: dict[str, Any] = {name: bindparam(f"new_{name}") for name in fields}
-    return (
+    return Prepared(
         update(_tasks)
         .where(_OWNED)
         .values(**values, updated_at=bindparam("now"), version=_NEXT_VERSION)
@@ -225,7 +225,9 @@ def delete_task(
 ) -> bool:
     """Whether the task was there (and deleted); PreconditionFailed when If-Match failed."""
     params = {"owner_id": work.owner_id, "task_id": task_id}
-    stmt = _DELETE if expected is None else _DELETE.where(_matching(expected))
+    stmt = (
+        _DELETE if expected is None else cast(Delete, _DELETE.statement).where(_matching(expected))
+    )
     if work.execute(stmt, params).rowcount == 1:
         return True
     _raise_if_it_exists(work, task_id, expected)
@@ -234,13 +236,14 @@ def delete_task(
 
 def _written(
     work: UnitOfWork,
-    stmt: Update,
+    prepared: Prepared,
     params: dict[str, Any],
     expected: tuple[Version, ...] | None,
 ) -> TaskRow | None:
     # The If-Match condition is part of the UPDATE's WHERE clause: checked and written at once.
+    stmt: Prepared | Update = prepared
     if expected is not None:
-        stmt = stmt.where(_matching(expected))
+        stmt = cast(Update, prepared.statement).where(_matching(expected))
     row = _task(work.execute(stmt, params))
     if row is None:
         _raise_if_it_exists(work, params["task_id"], expected)
