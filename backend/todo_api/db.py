@@ -1,7 +1,7 @@
 """Engine creation (URL normalising, pool, SQLite pragmas) and the UTC timestamp column type.
 
-What a request's statements carry (owner, deadlines) and how its transactions run is
-todo_api/unit_of_work.py's job."""
+What a request's statements carry (owner, deadlines) is todo_api/driver.py's job, and how its
+transactions run todo_api/unit_of_work.py's."""
 
 import logging
 import time
@@ -16,7 +16,7 @@ from sqlalchemy.types import TypeDecorator
 
 from todo_api.config import Settings
 from todo_api.deadlines import cancel_warning
-from todo_api.unit_of_work import guard, statement_classes, unguarded
+from todo_api.driver import guard, statement_classes, unguarded
 
 log = logging.getLogger("todo_api.db")
 
@@ -164,8 +164,6 @@ class UtcDateTime(TypeDecorator[datetime]):
 
     impl = DateTime(timezone=True)
     cache_ok = True
-    # What todo_api.unit_of_work.Prepared looks for: the rule below applies to its rows too.
-    returns_utc = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:

@@ -1,7 +1,7 @@
 """A time bound on every statement of the request engine, kept by the server and by the client.
 
 The server's: `statement_timeout`, sent as `SET LOCAL` with each transaction's first statement
-(todo_api/unit_of_work.py). A session-level SET would leak to other clients through a
+(todo_api/driver.py). A session-level SET would leak to other clients through a
 transaction-mode pooler, and Neon's pooler ignores the startup `options` parameter.
 
 The client's: `statement_timeout` cannot see the time a statement spends queued in a pooler (Neon's

@@ -32,9 +32,10 @@ from tests.support import (
 from tests.support.pooler import require_pgbouncer, running_pgbouncer
 from todo_api.auth import Claims
 from todo_api.db import create_db_engine, normalise_url
+from todo_api.driver import OwnerMissing
 from todo_api.migrate import alembic_config, migrate
 from todo_api.tasks.service import LIST_STATEMENTS
-from todo_api.unit_of_work import OwnerMissing, UnitOfWork
+from todo_api.unit_of_work import UnitOfWork
 
 MIGRATION = "0003"
 USERS = [f"u{n}" for n in range(1, 201)]

@@ -5,7 +5,7 @@ import string
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import running_app, settings_for
+from tests.support import auth, running_app, settings_for
 
 
 def series(client) -> set[tuple[str, tuple[tuple[str, str], ...]]]:
@@ -55,3 +55,52 @@ TEMPLATES = {
     "/docs",
     "/docs/assets",
 }
+
+
+def samples(client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = client.get("/metrics").text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_each_answer_is_counted_once_under_its_route_method_and_status_class(sqlite_url):
+    """The request layer records what prometheus-fastapi-instrumentator recorded: one count and
+    one latency sample per answer, by route template, method and status class; CORS preflights
+    and the probes are not measured; a created task is a task change."""
+    tasks, one = "/api/{user_id}/tasks", "/api/{user_id}/tasks/{task_id}"
+    origin = {"Origin": "http://localhost:3000"}
+    with running_app(settings_for(sqlite_url)) as client:
+        before = samples(client)
+        created = client.post("/api/alice/tasks", json={"title": "t"}, headers=auth("alice"))
+        assert created.status_code == 201
+        task = f"/api/alice/tasks/{created.json()['id']}"
+        assert client.get(task, headers=auth("alice") | origin).status_code == 200
+        assert client.get(task + "0", headers=auth("alice")).status_code == 404
+        assert client.get(task).status_code == 401
+        preflight = client.options(
+            "/api/alice/tasks", headers=origin | {"Access-Control-Request-Method": "POST"}
+        )
+        assert preflight.status_code == 200
+        client.get("/livez")
+        client.get("/readyz")
+        after = samples(client)
+
+    def added(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    requests = "http_requests_total"
+    assert added(requests, handler=tasks, method="POST", status="2xx") == 1
+    assert added(requests, handler=one, method="GET", status="2xx") == 1
+    assert added(requests, handler=one, method="GET", status="4xx") == 2
+    assert added("http_request_duration_seconds_count", handler=one, method="GET") == 3
+    assert added("http_request_duration_highr_seconds_count") == 4
+    assert added("todo_task_changes_total", action="created") == 1
+    measured = {dict(labels).get("handler") for (name, labels) in after if name == requests}
+    assert not measured & {"/livez", "/readyz", "/metrics"}
+    assert not any(
+        dict(labels).get("method") == "OPTIONS" for (name, labels) in after if name == requests
+    )
