@@ -171,18 +171,22 @@ class TestDefaultStack:
         answered = httpx.get(url, headers={"Authorization": f"Bearer {token}"})
         assert answered.status_code == 200 and "http_requests" in answered.text
 
-    def test_prometheus_scrapes_the_api(self, stack: Stack) -> None:
+    def test_prometheus_scrapes_every_replica(self, stack: Stack) -> None:
+        """Each replica is a target of its own (with API_REPLICAS=2 in .env): one target for
+        the service name would see whichever replica answered each scrape."""
+        replicas = [c["Service"] for c in stack.containers()].count("api")
+        assert replicas == 2
         url = f"http://127.0.0.1:{stack.settings['PROMETHEUS_PORT']}/api/v1/targets"
-        health = None
+        health: list[str] = []
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             with httpx.Client() as client:
                 targets = client.get(url).json()["data"]["activeTargets"]
-            health = {t["labels"]["job"]: t["health"] for t in targets}.get("todo-api")
-            if health == "up":
+            health = [t["health"] for t in targets if t["labels"]["job"] == "todo-api"]
+            if health == ["up"] * replicas:
                 return
             time.sleep(2)
-        raise AssertionError(f"Prometheus reports the API target {health!r}")
+        raise AssertionError(f"Prometheus reports the API targets {health!r}")
 
     def test_the_containers_run_unprivileged_on_a_read_only_root(
         self, stack: Stack, container_engine: Engine

@@ -312,7 +312,11 @@ def test_prometheus_scrapes_the_api_metrics_endpoint(tmp_path: Path) -> None:
     services = compose_services()
     _, env = runtime_stage()
     jobs = load_yaml(PROMETHEUS)["scrape_configs"]
-    job = next(j for j in jobs if f"api:{env['PORT']}" in j["static_configs"][0]["targets"])
+    # Every replica of the api service, at the port the image listens on.
+    job = next(j for j in jobs if j.get("dns_sd_configs", [{}])[0].get("names") == ["api"])
+    assert job["dns_sd_configs"] == [
+        {"names": ["api"], "type": "A", "port": int(env["PORT"]), "refresh_interval": "5s"}
+    ]
     assert job.get("metrics_path", "/metrics") == "/metrics"
     assert "api" in services
     prometheus = services["prometheus"]

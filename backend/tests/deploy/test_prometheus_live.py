@@ -49,7 +49,9 @@ def scrape_config(server: Server, token_file: Path) -> dict[str, Any]:
     config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
     config["rule_files"] = [str(RULES)]
     (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "todo-api"]
-    job["static_configs"][0]["targets"] = [server.url.removeprefix("http://")]
+    # One server here, where compose finds every replica by the service's name.
+    del job["dns_sd_configs"]
+    job["static_configs"] = [{"targets": [server.url.removeprefix("http://")]}]
     job["authorization"]["credentials_file"] = str(token_file)
     config["scrape_configs"] = [job]
     return config
