@@ -302,6 +302,7 @@ def no_leeway(sqlite_url):
 
 
 class TestVerifiedTokenCache:
+    @pytest.mark.slow  # seconds of waiting (outside `make test-fast`)
     def test_a_cached_token_is_refused_once_it_expires(self, no_leeway):
         token = hs256(exp=int(time.time()) + 2)
         assert no_leeway.get(URL, headers=bearer(token)).status_code == 200

@@ -47,6 +47,7 @@ class TestCreate:
         assert again.headers[REPLAYED] == "true"
         assert [t["title"] for t in tasks_of(engine, owner)] == ["first", "once"]
 
+    @pytest.mark.slow  # seconds of waiting (outside `make test-fast`)
     def test_a_retry_after_a_client_timeout_leaves_exactly_one_task(self, api, engine, owner):
         key = new_key()
         # The client gives up while the server still waits to insert the task.
@@ -263,6 +264,7 @@ class TestKeyFormat:
         assert create(api, owner, key).headers[REPLAYED] == "true"
 
 
+@pytest.mark.slow  # seconds of waiting (outside `make test-fast`)
 class TestExpiry:
     @pytest.fixture
     def short_lived(self, database_url: str) -> httpx.Client:

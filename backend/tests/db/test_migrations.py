@@ -117,6 +117,7 @@ class TestPostgres:
         migrate(settings)
         assert "tasks" in table_names(fresh_pg)
 
+    @pytest.mark.slow  # seconds of waiting (outside `make test-fast`)
     def test_concurrent_migrate_commands_on_an_empty_database(self, postgres, fresh_pg):
         with ThreadPoolExecutor(max_workers=6) as pool:
             results = list(pool.map(migrate_process, [fresh_pg] * 6))

@@ -61,6 +61,7 @@ def render(browser: str, url: str, profile) -> str:
     return result.stdout
 
 
+@pytest.mark.slow  # seconds of waiting (outside `make test-fast`)
 def test_swagger_ui_renders_in_a_browser_without_network(sqlite_url, tmp_path):
     browser = chromium()
     with running_app(settings_for(sqlite_url)) as client:
@@ -71,6 +72,7 @@ def test_swagger_ui_renders_in_a_browser_without_network(sqlite_url, tmp_path):
         assert summary in dom, dom[-2000:]
 
 
+@pytest.mark.slow  # seconds of waiting (outside `make test-fast`)
 def test_redoc_renders_in_a_browser_without_network(sqlite_url, tmp_path):
     browser = chromium()
     with running_app(settings_for(sqlite_url)) as client:

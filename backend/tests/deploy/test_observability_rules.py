@@ -8,6 +8,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.support.deploy_files import (
     COMPOSE,
     PROMETHEUS,
@@ -50,6 +52,7 @@ def test_rules_pass_promtool_check() -> None:
     assert f"SUCCESS: {len(rules())} rules found" in result.stdout
 
 
+@pytest.mark.slow  # seconds of waiting (outside `make test-fast`)
 def test_rule_unit_tests_pass() -> None:
     assert [path.name for path in RULE_TESTS] == ["rules.slow-burn.test.yml", "rules.test.yml"]
     result = promtool("test", "rules", *RULE_TESTS)
