@@ -12,7 +12,7 @@
 
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 # psycopg2 ships no type hints (and types-psycopg2 is not a dependency): its names are Any here.
@@ -22,7 +22,7 @@ from sqlalchemy import ClauseElement, Connection, Dialect, Engine, Executable
 from sqlalchemy.engine.interfaces import Compiled
 from sqlalchemy.exc import DBAPIError
 
-from todo_api.db import UtcDateTime
+from todo_api.db import UtcDateTime, in_utc
 from todo_api.driver import StatementConnection, guard
 
 if TYPE_CHECKING:
@@ -94,14 +94,14 @@ class DriverRows:
 
 
 def _in_utc(rows: list[tuple[Any, ...]], timestamps: tuple[int, ...]) -> list[tuple[Any, ...]]:
-    # PostgreSQL answers in the session's time zone; UTC is the rule (db.UtcDateTime). A row is
-    # only rebuilt when one of its timestamps is not in UTC already.
+    # PostgreSQL answers in the session's time zone; UTC is the rule (UtcDateTime's, db.in_utc).
+    # A row is only rebuilt when one of its timestamps is not in UTC already.
     for number, row in enumerate(rows):
         if any(row[i] is not None and row[i].tzinfo is not UTC for i in timestamps):
             values = list(row)
             for i in timestamps:
-                if isinstance(values[i], datetime):
-                    values[i] = values[i].astimezone(UTC)
+                if values[i] is not None:
+                    values[i] = in_utc(values[i])
             rows[number] = tuple(values)
     return rows
 
