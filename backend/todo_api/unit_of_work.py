@@ -13,7 +13,7 @@
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 # psycopg2 ships no type hints (and types-psycopg2 is not a dependency): its names are Any here.
 import psycopg2  # type: ignore[import-untyped]
@@ -42,7 +42,11 @@ class Rows(Protocol):
     def __iter__(self) -> Iterator[Any]: ...
 
 
-class Prepared:
+# The statement a Prepared holds (a Select, an Update...), so that its `.statement` keeps its type.
+S = TypeVar("S", bound=Executable, covariant=True)
+
+
+class Prepared(Generic[S]):
     """A statement built once, at import, and compiled once per dialect.
 
     On PostgreSQL the unit of work runs it straight on the driver's cursor: SQLAlchemy's work
@@ -56,7 +60,7 @@ class Prepared:
 
     __slots__ = ("_compiled", "statement", "timestamps")
 
-    def __init__(self, statement: Executable) -> None:
+    def __init__(self, statement: S) -> None:
         self.statement = statement
         self._compiled: dict[tuple[str, frozenset[str]], Compiled] = {}
         columns = getattr(statement, "exported_columns", ())
@@ -128,22 +132,22 @@ class UnitOfWork:
         return self.engine.dialect.name
 
     def execute(
-        self, statement: Executable | Prepared, parameters: Mapping[str, Any] | None = None
+        self, statement: Executable | Prepared[Any], parameters: Mapping[str, Any] | None = None
     ) -> Rows:
         """Run one statement as the owner (in the transaction, inside `transaction()`)."""
         conn = self._connection()
-        if isinstance(statement, Prepared):
-            if isinstance(self._dbapi, StatementConnection):
-                return self._on_driver(conn, statement, parameters or {})
-            statement = statement.statement
-        return conn.execute(statement, parameters)
+        if not isinstance(statement, Prepared):
+            return conn.execute(statement, parameters)
+        if isinstance(self._dbapi, StatementConnection):
+            return self._on_driver(conn, statement, parameters or {})
+        return conn.execute(statement.statement, parameters)
 
     def exec_driver_sql(self, sql: str, parameters: Any = None) -> Rows:
         """A statement as the driver takes it (its own placeholders), as the owner too."""
         return self._connection().exec_driver_sql(sql, parameters)
 
     def _on_driver(
-        self, conn: Connection, prepared: Prepared, parameters: Mapping[str, Any]
+        self, conn: Connection, prepared: Prepared[Any], parameters: Mapping[str, Any]
     ) -> DriverRows:
         compiled = prepared.compiled(self.engine.dialect, parameters)
         cursor = self._dbapi.cursor()

@@ -14,12 +14,11 @@ Idempotency-Key the same statements run inside the unit of work's transaction
 
 from collections.abc import Mapping
 from functools import cache
-from typing import Any, cast, get_args
+from typing import Any, get_args
 
 from sqlalchemy import (
     Boolean,
     ColumnElement,
-    Delete,
     Insert,
     Integer,
     Select,
@@ -193,7 +192,7 @@ def update_task(
 
 
 @cache
-def _update_statement(fields: frozenset[str]) -> Prepared:
+def _update_statement(fields: frozenset[str]) -> Prepared[Update]:
     # One statement per set of changed fields (at most seven), built on first use. The bound
     # names differ from the column names, which SQLAlchemy keeps for its own SET parameters.
     values: dict[str, Any] = {name: bindparam(f"new_{name}") for name in fields}
@@ -225,9 +224,7 @@ def delete_task(
 ) -> bool:
     """Whether the task was there (and deleted); PreconditionFailed when If-Match failed."""
     params = {"owner_id": work.owner_id, "task_id": task_id}
-    stmt = (
-        _DELETE if expected is None else cast(Delete, _DELETE.statement).where(_matching(expected))
-    )
+    stmt = _DELETE if expected is None else _DELETE.statement.where(_matching(expected))
     if work.execute(stmt, params).rowcount == 1:
         return True
     _raise_if_it_exists(work, task_id, expected)
@@ -236,14 +233,14 @@ def delete_task(
 
 def _written(
     work: UnitOfWork,
-    prepared: Prepared,
+    prepared: Prepared[Update],
     params: dict[str, Any],
     expected: tuple[Version, ...] | None,
 ) -> TaskRow | None:
     # The If-Match condition is part of the UPDATE's WHERE clause: checked and written at once.
-    stmt: Prepared | Update = prepared
+    stmt: Prepared[Update] | Update = prepared
     if expected is not None:
-        stmt = cast(Update, prepared.statement).where(_matching(expected))
+        stmt = prepared.statement.where(_matching(expected))
     row = _task(work.execute(stmt, params))
     if row is None:
         _raise_if_it_exists(work, params["task_id"], expected)
