@@ -6,7 +6,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.support import auth
+from tests.support import auth, create_tasks
 
 ALICE, BOB = auth("alice"), auth("bob")
 
@@ -78,13 +78,7 @@ class TestConcurrentWriters:
 
         def create_all(user: str) -> list[int]:
             with httpx.Client(base_url=base_url, headers=auth(user), timeout=30) as client:
-                ids = []
-                for n in range(10):
-                    response = client.post(f"/api/{user}/tasks", json={"title": f"{user}:{n}"})
-                    assert response.status_code == 201, response.text
-                    assert response.json()["user_id"] == user
-                    ids.append(response.json()["id"])
-                return ids
+                return create_tasks(client, user, 10)
 
         with ThreadPoolExecutor(max_workers=20) as pool:
             created = dict(zip(users, pool.map(create_all, users), strict=True))

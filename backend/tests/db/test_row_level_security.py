@@ -25,6 +25,7 @@ from tests.support import (
     PostgresServer,
     as_app_role,
     auth,
+    create_tasks,
     random_user,
     running_app,
     settings_for,
@@ -431,11 +432,7 @@ class TestTheApiThroughPgBouncer:
 
             def work(user: str) -> list[int]:
                 with httpx.Client(base_url=base_url, headers=auth(user), timeout=30) as api:
-                    ids = []
-                    for n in range(5):
-                        response = api.post(f"/api/{user}/tasks", json={"title": f"{user}:{n}"})
-                        assert response.status_code == 201, response.text
-                        ids.append(response.json()["id"])
+                    ids = create_tasks(api, user, 5)
                     listed = api.get(f"/api/{user}/tasks").json()
                     assert sorted(t["id"] for t in listed) == sorted(ids)
                     assert {t["user_id"] for t in listed} == {user}

@@ -179,6 +179,18 @@ def running_app(settings: Settings, app: FastAPI | None = None) -> Iterator[http
         thread.join(timeout=30)
 
 
+def create_tasks(client: httpx.Client, user: str, count: int) -> list[int]:
+    """`count` tasks titled "<user>:<n>", created by `user` on `client` (which carries their
+    token) through the API, each answered 201 as theirs; their ids, in order."""
+    ids = []
+    for n in range(count):
+        response = client.post(f"/api/{user}/tasks", json={"title": f"{user}:{n}"})
+        assert response.status_code == 201, response.text
+        assert response.json()["user_id"] == user
+        ids.append(response.json()["id"])
+    return ids
+
+
 def settings_for(database_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "database_url": database_url,
