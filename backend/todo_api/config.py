@@ -66,10 +66,8 @@ class Settings(BaseSettings):
     readiness_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
     # Off by default: TLS usually ends at the proxy, which is the place to send HSTS from.
     hsts_seconds: int = Field(default=0, ge=0)
-    # Idempotency-Key: how long an answer is kept for retries, and how long a request that
-    # never finished (a crash) blocks its key before a retry may do the work.
+    # Idempotency-Key: how long an answer is kept for retries.
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=1, le=30 * 24 * 3600)
-    idempotency_in_progress_seconds: int = Field(default=30, ge=1, le=3600)
 
     # Observability
     metrics_token: str | None = None

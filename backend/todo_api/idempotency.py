@@ -2,20 +2,17 @@
 
 A wrapper around any write, at the HTTP level: it sees the request's method, path, body and
 answer, never what the write does. Per user and key, the table `idempotency_keys` holds the first
-request's fingerprint and, once it has finished, its answer (status, the headers that matter,
-body). On the request's unit of work (todo_api/unit_of_work.py), through a transaction-mode
-pooler (no session state, no advisory locks):
+request's fingerprint and its answer (status, the headers that matter, body). A keyed write is
+ONE transaction of the request's unit of work (todo_api/unit_of_work.py), through a
+transaction-mode pooler (no session state, no advisory locks):
 
-1. Claim the key, in autocommit (so that a duplicate sees the claim at once): one
-   `INSERT ... ON CONFLICT DO UPDATE ... WHERE expires_at <= now RETURNING`. A new key, or an
-   expired one, is ours (in progress until `now + in_progress_seconds`). Otherwise the row says
-   what to answer: its kept response (replayed), 409 while the first request is still running,
-   422 when the key came with a different request.
-2. Do the work and store the answer in ONE transaction of the unit of work, the store
-   conditional on still holding the claim. A crash anywhere before the COMMIT leaves neither the
-   change nor the answer, only the claim, which expires after `in_progress_seconds`: a retry then
-   does the work, once. If the claim expired under a slow request and a retry took it over, the
-   slow one rolls back (409).
+1. Claim the key: `INSERT ... ON CONFLICT DO UPDATE ... WHERE expires_at <= now RETURNING`,
+   the transaction's first statement. A new key, or an expired one, is ours. Otherwise the row
+   says what to answer: its kept response (replayed), or 422 when the key came with a different
+   request. A key claimed by a transaction still running is a row held by it: the claim waits
+   for it a moment at most (`execute_unless_held`), then answers 409.
+2. Do the work, store its answer in the claimed row, COMMIT. A crash or an error anywhere before
+   the COMMIT leaves nothing at all, not even the claim: a retry does the work, once.
 
 Expired rows are deleted by the claims themselves, a few at a time (no cron job, no batch on any
 one request): each claim also deletes up to `PURGE_PER_CLAIM` expired keys of anyone's, in the
@@ -24,14 +21,16 @@ row and removes up to that many expired ones, so the purge keeps up with any sus
 keyed writes and works off a backlog at that multiple of it. An expired key is also simply taken
 over by step 1.
 
+Rows written by earlier versions (which committed a claim before the work, with `status_code`
+NULL until the answer) still read as "in progress" until their `expires_at`, then are taken
+over: a release that runs both versions at once keeps every guarantee.
+
 Hand-written: the Python packages for this header are framework middlewares that keep answers in
 Redis or in memory, neither of which fits one database reached through a pooler.
 """
 
-import contextlib
 import hashlib
 import re
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -60,7 +59,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, SQLModel
 
 from todo_api.db import UtcDateTime, utcnow
-from todo_api.unit_of_work import Prepared, UnitOfWork
+from todo_api.unit_of_work import Prepared, RowHeld, UnitOfWork
 
 IDEMPOTENCY_KEY_MAX = 255
 
@@ -78,8 +77,11 @@ class IdempotencyKey(SQLModel, table=True):
     user_id: str = Field(sa_column=Column(Text, nullable=False))
     key: str = Field(sa_column=Column(String(IDEMPOTENCY_KEY_MAX), nullable=False))
     fingerprint: str = Field(sa_column=Column(String(64), nullable=False))  # SHA-256, hex
-    claim: str = Field(sa_column=Column(String(32), nullable=False))  # the holder's random token
-    status_code: int | None = Field(default=None, sa_column=Column(Integer))  # None: in progress
+    # Earlier versions' claim token (they compare it); written as "" now, dropped in a later
+    # release once no version that reads it runs.
+    claim: str = Field(sa_column=Column(String(32), nullable=False))
+    # None: claimed by an earlier version whose request is still running (or died).
+    status_code: int | None = Field(default=None, sa_column=Column(Integer))
     response_headers: str | None = Field(default=None, sa_column=Column(Text))  # a JSON object
     response_body: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
     created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
@@ -154,18 +156,16 @@ _CLAIM = {
 _KEPT = Prepared(
     select(_k.fingerprint, _k.status_code, _k.response_headers, _k.response_body).where(_THIS_KEY)
 )
+# Only the answer: the key's columns and `expires_at` (indexed) stay as claimed, so PostgreSQL
+# may update the row in place (a HOT update, no new index entries).
 _STORE = Prepared(
     _keys.update()
-    .where(_THIS_KEY & (_k.claim == bindparam("held")))
+    .where(_THIS_KEY)
     .values(
         status_code=bindparam("new_status_code"),
         response_headers=bindparam("new_response_headers"),
         response_body=bindparam("new_response_body"),
-        expires_at=bindparam("kept_until"),
     )
-)
-_RELEASE = Prepared(
-    delete(_keys).where(_THIS_KEY & (_k.claim == bindparam("held")) & _k.status_code.is_(None))
 )
 
 
@@ -212,9 +212,8 @@ class _Kept:
 class IdempotencyKeys:
     """Runs writes under an Idempotency-Key (one per app)."""
 
-    def __init__(self, *, ttl_seconds: int, in_progress_seconds: int) -> None:
+    def __init__(self, *, ttl_seconds: int) -> None:
         self.ttl = timedelta(seconds=ttl_seconds)
-        self.in_progress = timedelta(seconds=in_progress_seconds)
 
     def run(
         self,
@@ -225,85 +224,59 @@ class IdempotencyKeys:
         action: Callable[[], Response],
     ) -> Response:
         """`action()`'s answer, or the answer kept from the first request with this key."""
-        claim = secrets.token_hex(16)
         for _attempt in range(3):
-            if self._claim(work, key, fingerprint, claim):
-                return self._run_claimed(work, key, claim, action)
-            kept = self._kept(work, key)
+            try:
+                with work.transaction():
+                    if self._claim(work, key, fingerprint):
+                        return self._answered(work, key, action)
+                    kept = self._kept(work, key)
+            except RowHeld:
+                raise _in_progress() from None
             if kept is not None:
                 return _answer_from(kept, fingerprint)
-            # Let go (its request failed) or purged between the two statements: claim again.
+            # Purged between the two statements (it had just expired): claim again.
         raise _in_progress()  # not reached in practice: three rows vanished in a row
 
-    def _claim(self, work: UnitOfWork, key: str, fingerprint: str, claim: str) -> bool:
+    def _claim(self, work: UnitOfWork, key: str, fingerprint: str) -> bool:
         now = utcnow()
         values = {
             "user_id": work.owner_id,
             "key": key,
             "fingerprint": fingerprint,
-            "claim": claim,
+            "claim": "",
             "created_at": now,
-            "expires_at": now + self.in_progress,
+            "expires_at": now + self.ttl,
         }
         this_key = {"owner_id": work.owner_id, "idempotency_key": key, "now": now}
         if work.dialect_name == "sqlite":
             work.execute(_PURGE, this_key)
-        claimed = work.execute(_CLAIM[work.dialect_name], {**values, **this_key}).first()
-        return claimed is not None
+        claim = _CLAIM[work.dialect_name]
+        return work.execute_unless_held(claim, {**values, **this_key}).first() is not None
 
     def _kept(self, work: UnitOfWork, key: str) -> _Kept | None:
         row = work.execute(_KEPT, {"owner_id": work.owner_id, "idempotency_key": key}).first()
         return None if row is None else _Kept(*row)
 
-    def _run_claimed(
-        self, work: UnitOfWork, key: str, claim: str, action: Callable[[], Response]
-    ) -> Response:
-        held = {"owner_id": work.owner_id, "idempotency_key": key, "held": claim}
+    def _answered(self, work: UnitOfWork, key: str, action: Callable[[], Response]) -> Response:
+        """The work's answer, stored in the claimed row (the caller's transaction commits both,
+        or neither)."""
         try:
-            with work.transaction():
-                try:
-                    response = action()
-                except HTTPException as error:
-                    # An answer like any other (404, 412): kept, and sent as the handler would.
-                    response = JSONResponse(
-                        {"detail": error.detail}, error.status_code, error.headers
-                    )
-                if work.execute(_STORE, {**held, **self._stored(response)}).rowcount != 1:
-                    # A retry took the expired claim over and does the work instead.
-                    raise _LostClaim
-        except _LostClaim:
-            raise _in_progress() from None
-        except BaseException:
-            # The work failed (database down, a bug) before COMMIT, or COMMIT failed: the key
-            # is freed for a retry unless the answer may have been kept (see _let_go).
-            _let_go(work, held)
-            raise
-        return response
-
-    def _stored(self, response: Response) -> dict[str, Any]:
+            response = action()
+        except HTTPException as error:
+            # An answer like any other (404, 412): kept, and sent as the handler would.
+            response = JSONResponse({"detail": error.detail}, error.status_code, error.headers)
         headers = {
             name: response.headers[name] for name in KEPT_HEADERS if name in response.headers
         }
-        return {
+        stored = {
+            "owner_id": work.owner_id,
+            "idempotency_key": key,
             "new_status_code": response.status_code,
             "new_response_headers": orjson.dumps(headers).decode(),
             "new_response_body": bytes(response.body),
-            "kept_until": utcnow() + self.ttl,
         }
-
-
-class _LostClaim(Exception):
-    pass
-
-
-def _let_go(work: UnitOfWork, held: dict[str, str]) -> None:
-    """Free the key after a failed attempt, in autocommit; best effort, on a connection that
-    may be broken (the caller raises the first error, and a claim that stays expires after
-    in_progress_seconds). Only ever after a ROLLBACK: a COMMIT that failed may still have been
-    applied, and then the kept answer must stay: the release is conditional on the claim still
-    being in progress, so a committed answer is never deleted."""
-    with contextlib.suppress(Exception):
-        work.execute(_RELEASE, held)
+        work.execute(_STORE, stored)
+        return response
 
 
 def _answer_from(kept: _Kept, fingerprint: str) -> Response:

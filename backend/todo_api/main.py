@@ -30,10 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
     verifier = TokenVerifier(settings)
-    idempotency_keys = IdempotencyKeys(
-        ttl_seconds=settings.idempotency_ttl_seconds,
-        in_progress_seconds=settings.idempotency_in_progress_seconds,
-    )
+    idempotency_keys = IdempotencyKeys(ttl_seconds=settings.idempotency_ttl_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[Mapping[str, Any]]:

@@ -1,6 +1,12 @@
-"""Prepared statements on PostgreSQL run straight on the driver's cursor (todo_api/unit_of_work.py):
-they answer what SQLAlchemy would, timestamps in UTC whatever the session's time zone, and
-driver errors as SQLAlchemy's, a broken connection never going back to the pool."""
+"""The unit of work on PostgreSQL (todo_api/unit_of_work.py).
+
+- Prepared statements run straight on the driver's cursor: they answer what SQLAlchemy would,
+  timestamps in UTC whatever the session's time zone, and driver errors as SQLAlchemy's, a broken
+  connection never going back to the pool.
+- A keyed write is one transaction (todo_api/idempotency.py): its claim is part of it, so a
+  request cut off anywhere leaves nothing behind, and a claim does not wait (beyond a moment)
+  for a key that another request holds (`execute_unless_held`).
+"""
 
 import time
 from collections.abc import Iterator
@@ -8,15 +14,19 @@ from datetime import UTC
 
 import pytest
 import sqlalchemy as sa
+from fastapi import HTTPException
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DataError, OperationalError
 
 from tests.support import PostgresServer, as_app_role, settings_for
+from tests.support.retries import new_key
 from todo_api.auth import Claims
 from todo_api.db import create_db_engine, normalise_url
+from todo_api.idempotency import IdempotencyKeys
 from todo_api.migrate import migrate
 from todo_api.tasks import service
 from todo_api.tasks.models import TaskCreate
-from todo_api.unit_of_work import DriverRows, Prepared, UnitOfWork
+from todo_api.unit_of_work import HELD_WAIT_MS, DriverRows, Prepared, RowHeld, UnitOfWork
 
 OWNER = "zoe"
 # Far from UTC, and not by whole hours: a timestamp left in it renders as +13:45.
@@ -112,3 +122,93 @@ def test_a_broken_connection_is_unavailable_and_never_reused(
             assert later.exec_driver_sql("SELECT pg_backend_pid()").first()[0] != pid
         finally:
             later.close()
+
+
+KEYS = IdempotencyKeys(ttl_seconds=60)
+LOCK_TIMEOUT = Prepared(sa.select(sa.func.current_setting("lock_timeout")))
+
+
+def another(engine: sa.Engine) -> UnitOfWork:
+    return UnitOfWork(engine, Claims(sub=OWNER, exp=time.time() + 60))
+
+
+def answer(text: str) -> Response:
+    return JSONResponse({"done": text}, 201)
+
+
+def test_a_keyed_write_cut_off_mid_work_leaves_its_key_free(
+    work: UnitOfWork, engine: sa.Engine
+) -> None:
+    """Before, the claim was committed first: a request whose connection died during the work
+    left its key answering 409 for IDEMPOTENCY_IN_PROGRESS_SECONDS (30 s)."""
+    key = new_key()
+
+    def cut_off() -> Response:
+        work.exec_driver_sql("SELECT pg_terminate_backend(pg_backend_pid())")
+        raise AssertionError("not reached")
+
+    with pytest.raises(OperationalError):
+        KEYS.run(work, key=key, fingerprint="f", action=cut_off)
+    work.close()
+    retry = another(engine)
+    try:
+        done = KEYS.run(retry, key=key, fingerprint="f", action=lambda: answer("retry"))
+    finally:
+        retry.close()
+    assert done.status_code == 201 and done.body == b'{"done":"retry"}'
+    assert "idempotent-replayed" not in done.headers
+
+
+def test_a_claim_does_not_wait_for_a_key_another_request_holds(
+    work: UnitOfWork, engine: sa.Engine
+) -> None:
+    key = new_key()
+    seen: list[int] = []
+
+    def first() -> Response:
+        # The first request's claim is written, not committed: a duplicate now gets 409 at once.
+        duplicate = another(engine)
+        started = time.monotonic()
+        try:
+            with pytest.raises(HTTPException) as refused:
+                KEYS.run(duplicate, key=key, fingerprint="f", action=lambda: answer("twice"))
+        finally:
+            duplicate.close()
+        assert time.monotonic() - started < 2
+        seen.append(refused.value.status_code)
+        return answer("once")
+
+    assert KEYS.run(work, key=key, fingerprint="f", action=first).status_code == 201
+    assert seen == [409]
+    # Committed: the key now answers the first request's answer.
+    later = another(engine)
+    try:
+        replay = KEYS.run(later, key=key, fingerprint="f", action=lambda: answer("again"))
+    finally:
+        later.close()
+    assert replay.body == b'{"done":"once"}' and replay.headers["idempotent-replayed"] == "true"
+
+
+def test_a_statement_that_would_wait_raises_row_held(work: UnitOfWork, engine: sa.Engine) -> None:
+    holder = another(engine)
+    claim = Prepared(sa.text("INSERT INTO users (id) VALUES (:id) ON CONFLICT DO NOTHING"))
+    try:
+        with holder.transaction():
+            holder.execute(claim, {"id": OWNER + "-held"})
+            with pytest.raises(RowHeld):
+                work.execute_unless_held(claim, {"id": OWNER + "-held"})
+    finally:
+        holder.close()
+
+
+def test_the_work_after_a_claim_waits_for_locks_as_usual(work: UnitOfWork) -> None:
+    """The claim's lock_timeout is its own: the rest of the transaction (the write itself, which
+    may wait for a task another request is changing) has the server's default again."""
+    with work.transaction():
+        during = work.execute_unless_held(LOCK_TIMEOUT, {}).first()
+        after = work.execute(LOCK_TIMEOUT, {}).first()
+    assert during == (f"{HELD_WAIT_MS}ms",)
+    assert after == ("0",)
+    # Outside a transaction each statement is one: nothing carries over either.
+    assert work.execute_unless_held(LOCK_TIMEOUT, {}).first() == (f"{HELD_WAIT_MS}ms",)
+    assert work.execute(LOCK_TIMEOUT, {}).first() == ("0",)
