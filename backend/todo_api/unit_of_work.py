@@ -5,7 +5,7 @@
   returns.
 - Autocommit by default: one statement is atomic on its own, and no BEGIN or COMMIT round trip
   is paid. `transaction()` makes one transaction of several statements (a write and the answer
-  kept for its Idempotency-Key).
+  kept for its Idempotency-Key); `execute_with_commit` sends its last one with its COMMIT.
 - On PostgreSQL every statement carries the owner and the statement timeout, and waits at most
   the client deadline (todo_api/driver.py); `Prepared` statements skip SQLAlchemy's execution.
 - `execute_unless_held` runs a statement that gives up (`RowHeld`) rather than wait more than a
@@ -129,7 +129,7 @@ def _in_utc(rows: list[tuple[Any, ...]], timestamps: tuple[int, ...]) -> list[tu
 class UnitOfWork:
     """One request's database work, as its owner (see the module's docstring)."""
 
-    __slots__ = ("_conn", "_dbapi", "_in_transaction", "_settings", "engine", "owner")
+    __slots__ = ("_at_commit", "_conn", "_dbapi", "_in_transaction", "_settings", "engine", "owner")
 
     def __init__(self, engine: Engine, owner: "Claims") -> None:
         self.engine = engine
@@ -138,6 +138,7 @@ class UnitOfWork:
         self._dbapi: Any = None
         self._settings = b""
         self._in_transaction = False
+        self._at_commit = b""
 
     @property
     def owner_id(self) -> str:
@@ -179,6 +180,21 @@ class UnitOfWork:
         if self._in_transaction:
             dbapi.prefix = _WAIT_AGAIN + (dbapi.prefix or b"")
         return rows
+
+    def execute_with_commit(self, statement: Prepared[Any], parameters: Mapping[str, Any]) -> None:
+        """Inside `transaction()`: run this statement, the transaction's last, in the same
+        round trip as its COMMIT (on PostgreSQL; its rows are not read, and its error is the
+        COMMIT's). Dropped if the block raises."""
+        if not self._in_transaction:
+            raise RuntimeError("execute_with_commit belongs in a transaction")
+        conn = self._connection()
+        if not isinstance(self._dbapi, StatementConnection):
+            conn.execute(statement.statement, parameters)
+            return
+        compiled = statement.compiled(self.engine.dialect, parameters)
+        with self._dbapi.cursor() as cursor:
+            sql = cursor.mogrify(compiled.string, compiled.construct_params(parameters))
+        self._at_commit += sql + b";"
 
     def exec_driver_sql(self, sql: str, parameters: Any = None) -> Rows:
         """A statement as the driver takes it (its own placeholders), as the owner too."""
@@ -232,6 +248,7 @@ class UnitOfWork:
         try:
             yield
         except BaseException:
+            self._at_commit = b""
             self._end("ROLLBACK", raising=False)
             raise
         self._end("COMMIT", raising=True)
@@ -251,18 +268,22 @@ class UnitOfWork:
                 raise
         finally:
             self._in_transaction = False
+            self._at_commit = b""
             if isinstance(self._dbapi, StatementConnection) and not self._dbapi.closed:
                 self._dbapi.prefix = self._dbapi.then = self._settings
 
     def _send(self, conn: Connection, statement: str) -> None:
-        """COMMIT or ROLLBACK straight on the cursor (watched like any statement), without
-        SQLAlchemy's execution machinery; its errors wrapped as SQLAlchemy would."""
+        """COMMIT (after what `execute_with_commit` left) or ROLLBACK straight on the cursor
+        (watched like any statement), without SQLAlchemy's execution machinery; its errors
+        wrapped as SQLAlchemy would (naming only the COMMIT: the rest holds parameters)."""
         try:
             with self._dbapi.cursor() as cursor:
-                cursor.execute(statement)
+                cursor.execute(self._at_commit + statement.encode())
         except psycopg2.Error as error:
             conn.invalidate(error)
-            raise DBAPIError.instance(statement, None, error, psycopg2.Error) from error
+            raise DBAPIError.instance(
+                statement, None, error, psycopg2.Error, connection_invalidated=True
+            ) from error
 
     def _connection(self) -> Connection:
         conn = self._conn

@@ -212,3 +212,39 @@ def test_the_work_after_a_claim_waits_for_locks_as_usual(work: UnitOfWork) -> No
     # Outside a transaction each statement is one: nothing carries over either.
     assert work.execute_unless_held(LOCK_TIMEOUT, {}).first() == (f"{HELD_WAIT_MS}ms",)
     assert work.execute(LOCK_TIMEOUT, {}).first() == ("0",)
+
+
+def test_a_statement_sent_with_the_commit_is_committed_with_it_or_dropped(
+    work: UnitOfWork,
+) -> None:
+    task = service.create_task(work, data=TaskCreate(title="before"))
+    rename = Prepared(sa.text("UPDATE tasks SET title = :title WHERE id = :id"))
+    with work.transaction():
+        work.execute_with_commit(rename, {"title": "with the commit", "id": task["id"]})
+    with pytest.raises(ZeroDivisionError), work.transaction():
+        work.execute_with_commit(rename, {"title": "dropped", "id": task["id"]})
+        raise ZeroDivisionError
+    assert service.get_task(work, task_id=task["id"])["title"] == "with the commit"
+    with pytest.raises(RuntimeError, match="belongs in a transaction"):
+        work.execute_with_commit(rename, {"title": "alone", "id": task["id"]})
+
+
+def test_an_error_in_the_statement_sent_with_the_commit_is_the_commits(
+    work: UnitOfWork, engine: sa.Engine
+) -> None:
+    """Nothing is committed, the error names only the COMMIT (the statement before it carries
+    the answer's body), and the connection never goes back to the pool."""
+    task = service.create_task(work, data=TaskCreate(title="kept"))
+    rename = Prepared(sa.text("UPDATE tasks SET title = :title WHERE id = :id"))
+    failing = Prepared(sa.text("SELECT 1 / (:zero)::int"))
+    with pytest.raises(DataError) as raised, work.transaction():
+        work.execute(rename, {"title": "not committed", "id": task["id"]})
+        work.execute_with_commit(failing, {"zero": 0})
+    assert raised.value.statement == "COMMIT"
+    assert raised.value.connection_invalidated
+    work.close()
+    later = another(engine)
+    try:
+        assert service.get_task(later, task_id=task["id"])["title"] == "kept"
+    finally:
+        later.close()
