@@ -1,8 +1,12 @@
 """Routing edges: 405 with the full Allow list, trailing slashes, HEAD on the probes."""
 
+import json
+
 import pytest
 
-from tests.support import auth
+from tests.support import auth, settings_for
+from todo_api.main import create_app
+from todo_api.tasks.router import router as tasks_router
 
 ALICE = auth("alice")
 
@@ -67,3 +71,14 @@ class TestHead:
         assert head.status_code == get.status_code == 200
         assert head.content == b""
         assert head.headers["content-type"] == get.headers["content-type"]
+
+
+def test_the_task_routes_are_the_apps_own_and_document_what_include_router_would():
+    """main.py puts the task routes on the app's router itself, first (for speed): the OpenAPI
+    document must be the one the included router gives, byte for byte."""
+    served = create_app(settings_for("sqlite://"))
+    assert served.router.routes[: len(tasks_router.routes)] == tasks_router.routes
+    included = create_app(settings_for("sqlite://"))
+    del included.router.routes[: len(tasks_router.routes)]
+    included.include_router(tasks_router)
+    assert json.dumps(served.openapi()) == json.dumps(included.openapi())
