@@ -6,21 +6,23 @@ request's fingerprint and its answer (status, the headers that matter, body). A 
 ONE transaction of the request's unit of work (todo_api/unit_of_work.py), through a
 transaction-mode pooler (no session state, no advisory locks):
 
-1. Claim the key: `INSERT ... ON CONFLICT DO UPDATE ... WHERE expires_at <= now RETURNING`,
-   the transaction's first statement. A new key, or an expired one, is ours. Otherwise the row
-   says what to answer: its kept response (replayed), or 422 when the key came with a different
-   request. A key claimed by a transaction still running is a row held by it: the claim waits
-   for it a moment at most (`execute_unless_held`), then answers 409.
+1. Claim the key, the transaction's first statement: `INSERT ... ON CONFLICT DO NOTHING
+   RETURNING`. A new key is ours. A key that exists is read (no lock on it): its kept response
+   is replayed, or 422 when the key came with a different request; an expired one is taken
+   over (a conditional UPDATE) and is ours. A key claimed by a transaction still running is a
+   row held by it: neither statement waits for it more than a moment (`execute_unless_held`),
+   then the answer is 409 (also for a different request with that key: it cannot be compared
+   before the first commits; a retry then gets the 422).
 2. Do the work, then store its answer in the claimed row and COMMIT, in one round trip. A crash
    or an error anywhere before the COMMIT leaves nothing at all, not even the claim: a retry
    does the work, once.
 
-Expired rows are deleted by the claims themselves, a few at a time (no cron job, no large batch
-on any one request): every `PURGE_EVERY`-th claim of a worker also deletes up to `PURGE_LIMIT`
-expired keys of anyone's, in the same statement on PostgreSQL (skipping rows another claim is
-deleting). Keyed writes add one row each and remove up to 8 expired ones each on average, so the
-purge keeps up with any sustained rate of keyed writes and works off a backlog at that multiple
-of it. An expired key is also simply taken over by step 1.
+Expired rows are deleted by the keyed writes themselves, a few at a time (no cron job, no large
+batch on any one request): every `PURGE_EVERY`-th keyed write of a worker, once committed,
+deletes up to `PURGE_LIMIT` expired keys of anyone's (skipping rows another purge is deleting).
+Keyed writes add one row each and remove up to 8 expired ones each on average, so the purge
+keeps up with any sustained rate of keyed writes and works off a backlog at that multiple of it.
+An expired key is also simply taken over by step 1.
 
 Rows written by earlier versions (which committed a claim before the work, with `status_code`
 NULL until the answer) still read as "in progress" until their `expires_at`, then are taken
@@ -30,6 +32,7 @@ Hand-written: the Python packages for this header are framework middlewares that
 Redis or in memory, neither of which fits one database reached through a pooler.
 """
 
+import contextlib
 import hashlib
 import itertools
 import re
@@ -44,11 +47,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import (
     Column,
+    Delete,
     Index,
-    Insert,
     Integer,
     LargeBinary,
     PrimaryKeyConstraint,
+    Select,
     String,
     Table,
     Text,
@@ -58,6 +62,7 @@ from sqlalchemy import (
     tuple_,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Field, SQLModel
 
 from todo_api.db import UtcDateTime, utcnow
@@ -107,10 +112,12 @@ KEY_PARAMETER = {
 }
 # What a replay repeats besides status and body (the rest is per response: ids, CORS, ...).
 KEPT_HEADERS = ("content-type", "location", "etag")
-# Every PURGE_EVERY-th claim of a worker also deletes up to PURGE_LIMIT expired keys: 8 per claim
-# on average, so that a backlog (from a burst, or a pause in keyed writes) is worked off by the
-# writes that follow; a small batch, so no request pays for a large one. Not with every claim:
-# planning the purge cost PostgreSQL more than the claim itself (0.09 ms against 0.015).
+# Every PURGE_EVERY-th keyed write of a worker, once committed, deletes up to PURGE_LIMIT expired
+# keys: 8 per write on average, so that a backlog (from a burst, or a pause in keyed writes) is
+# worked off by the writes that follow; a small batch, so no request pays for a large one. Not
+# with every write: planning the purge cost PostgreSQL more than the claim itself (0.09 ms
+# against 0.015). After the COMMIT, in a statement of its own: inside the keyed transaction its
+# row locks on anyone's expired keys would make a user reusing one of them wait.
 PURGE_EVERY = 8
 PURGE_LIMIT = 8 * PURGE_EVERY
 
@@ -124,49 +131,52 @@ _THIS_KEY = (_k.user_id == bindparam("owner_id")) & (_k.key == bindparam("idempo
 # Without it the planner may scan the whole table for the few rows it deletes.
 _EXPIRED = (
     select(_k.user_id, _k.key)
-    .where(_k.expires_at < bindparam("now"), ~_THIS_KEY)  # never the key being claimed
+    .where(_k.expires_at < bindparam("now"))
     .order_by(_k.expires_at)
     .limit(PURGE_LIMIT)
 )
-# SQLite: a statement of its own (it has no DELETE in a WITH clause, nor row locks).
-_PURGE = Prepared(delete(_keys).where(tuple_(_k.user_id, _k.key).in_(_EXPIRED.scalar_subquery())))
 
 
-def _claim_statement(dialect: Any, *, purging: bool = False) -> Insert:
-    stmt = dialect.insert(_keys)
-    if purging:
-        # The purge rides along with the claim: no round trip of its own. SKIP LOCKED: claims
-        # running at the same moment delete different rows, and none waits for another.
-        expired = _EXPIRED.with_for_update(skip_locked=True).scalar_subquery()
-        purge = delete(_keys).where(tuple_(_k.user_id, _k.key).in_(expired)).cte("purged")
-        stmt = stmt.add_cte(purge)
-    fresh = {name: stmt.excluded[name] for name in ("fingerprint", "claim", "created_at")}
-    return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
-        index_elements=[_k.user_id, _k.key],
-        set_={
-            **fresh,
-            "expires_at": stmt.excluded.expires_at,
-            "status_code": None,
-            "response_headers": None,
-            "response_body": None,
-        },
-        where=_k.expires_at <= bindparam("now"),
-    ).returning(_k.claim)
+def _purge(expired: Select[Any]) -> Prepared[Delete]:
+    return Prepared(delete(_keys).where(tuple_(_k.user_id, _k.key).in_(expired.scalar_subquery())))
 
 
-# Per dialect: (a claim, a claim that also purges).
-_CLAIM = {
-    "postgresql": (
-        Prepared(_claim_statement(postgresql)),
-        Prepared(_claim_statement(postgresql, purging=True)),
-    ),
-    "sqlite": (Prepared(_claim_statement(sqlite)),) * 2,
+_PURGE = {
+    # SKIP LOCKED: purges running at the same moment delete different rows, none waits.
+    "postgresql": _purge(_EXPIRED.with_for_update(skip_locked=True)),
+    "sqlite": _purge(_EXPIRED),  # no row locks: its writers take turns
 }
+# A new key: ours. DO NOTHING rather than DO UPDATE: a key that exists is read (a replay takes no
+# lock on it), and taken over only if it has expired (_TAKE_OVER).
+_CLAIM = {
+    dialect.dialect.name: Prepared(
+        dialect.insert(_keys)
+        .on_conflict_do_nothing(index_elements=[_k.user_id, _k.key])
+        .returning(_k.claim)
+    )
+    for dialect in (postgresql, sqlite)
+}
+_TAKE_OVER = Prepared(
+    _keys.update()
+    .where(_THIS_KEY & (_k.expires_at <= bindparam("now")))
+    .values(
+        fingerprint=bindparam("new_fingerprint"),
+        claim="",
+        status_code=None,
+        response_headers=None,
+        response_body=None,
+        created_at=bindparam("now"),
+        expires_at=bindparam("kept_until"),
+    )
+    .returning(_k.claim)
+)
 _KEPT = Prepared(
-    select(_k.fingerprint, _k.status_code, _k.response_headers, _k.response_body).where(_THIS_KEY)
+    select(
+        _k.fingerprint, _k.status_code, _k.response_headers, _k.response_body, _k.expires_at
+    ).where(_THIS_KEY)
 )
 # Only the answer: the key's columns and `expires_at` (indexed) stay as claimed, so PostgreSQL
-# may update the row in place (a HOT update, no new index entries).
+# can make it a HOT update (the new row version on the same page, no new index entries).
 _STORE = Prepared(
     _keys.update()
     .where(_THIS_KEY)
@@ -216,6 +226,11 @@ class _Kept:
     status_code: int | None
     headers: str | None
     body: bytes | None
+    expires_at: datetime
+
+
+# _claim's answer for a key that vanished between two of its statements.
+_GONE = _Kept("", None, None, None, datetime.min)
 
 
 class IdempotencyKeys:
@@ -223,7 +238,7 @@ class IdempotencyKeys:
 
     def __init__(self, *, ttl_seconds: int) -> None:
         self.ttl = timedelta(seconds=ttl_seconds)
-        self._claims = itertools.count()  # this worker's, for the purge's turn
+        self._writes = itertools.count()  # this worker's keyed writes: the purge's turn
 
     def run(
         self,
@@ -237,18 +252,23 @@ class IdempotencyKeys:
         for _attempt in range(3):
             try:
                 with work.transaction():
-                    if self._claim(work, key, fingerprint):
-                        return self._answered(work, key, action)
-                    kept = self._kept(work, key)
+                    now = utcnow()
+                    kept = self._claim(work, key, fingerprint, now)
+                    response = self._answered(work, key, action) if kept is None else None
             except RowHeld:
                 raise _in_progress() from None
-            if kept is not None:
+            if response is not None:
+                self._purge_some(work, now)
+                return response
+            if kept is not None and kept is not _GONE:
                 return _answer_from(kept, fingerprint)
-            # Purged between the two statements (it had just expired): claim again.
+            # Expired and purged (or taken over) between two statements: claim again.
         raise _in_progress()  # not reached in practice: three rows vanished in a row
 
-    def _claim(self, work: UnitOfWork, key: str, fingerprint: str) -> bool:
-        now = utcnow()
+    def _claim(self, work: UnitOfWork, key: str, fingerprint: str, now: datetime) -> _Kept | None:
+        """None once the key is ours (new, or expired and taken over); otherwise what it holds
+        (or _GONE). Neither statement waits for a key another request holds (RowHeld)."""
+        this_key = {"owner_id": work.owner_id, "idempotency_key": key}
         values = {
             "user_id": work.owner_id,
             "key": key,
@@ -257,16 +277,31 @@ class IdempotencyKeys:
             "created_at": now,
             "expires_at": now + self.ttl,
         }
-        this_key = {"owner_id": work.owner_id, "idempotency_key": key, "now": now}
-        purging = next(self._claims) % PURGE_EVERY == 0
-        if purging and work.dialect_name == "sqlite":
-            work.execute(_PURGE, this_key)
-        claim = _CLAIM[work.dialect_name][purging]
-        return work.execute_unless_held(claim, {**values, **this_key}).first() is not None
+        if work.execute_unless_held(_CLAIM[work.dialect_name], values).first() is not None:
+            return None
+        row = work.execute(_KEPT, this_key).first()
+        if row is None:
+            return _GONE
+        kept = _Kept(*row)
+        if kept.expires_at > now:
+            return kept
+        take_over = {
+            **this_key,
+            "now": now,
+            "new_fingerprint": fingerprint,
+            "kept_until": now + self.ttl,
+        }
+        taken = work.execute_unless_held(_TAKE_OVER, take_over).first() is not None
+        return None if taken else _GONE
 
-    def _kept(self, work: UnitOfWork, key: str) -> _Kept | None:
-        row = work.execute(_KEPT, {"owner_id": work.owner_id, "idempotency_key": key}).first()
-        return None if row is None else _Kept(*row)
+    def _purge_some(self, work: UnitOfWork, now: datetime) -> None:
+        """Every PURGE_EVERY-th keyed write: delete a few expired keys, in autocommit. Best
+        effort: the write is committed and answered whatever happens here, and the next turn
+        purges what this one could not."""
+        if next(self._writes) % PURGE_EVERY:
+            return
+        with contextlib.suppress(DBAPIError):
+            work.execute(_PURGE[work.dialect_name], {"now": now})
 
     def _answered(self, work: UnitOfWork, key: str, action: Callable[[], Response]) -> Response:
         """The work's answer, stored in the claimed row (the caller's transaction commits both,

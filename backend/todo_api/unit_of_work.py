@@ -21,7 +21,16 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 # psycopg2 ships no type hints (and types-psycopg2 is not a dependency): its names are Any here.
 import psycopg2  # type: ignore[import-untyped]
 import psycopg2.extensions  # type: ignore[import-untyped]
-from sqlalchemy import ClauseElement, Connection, Dialect, Engine, Executable
+from sqlalchemy import (
+    ClauseElement,
+    Connection,
+    Delete,
+    Dialect,
+    Engine,
+    Executable,
+    Insert,
+    Update,
+)
 from sqlalchemy.engine.interfaces import Compiled
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -60,6 +69,7 @@ class Rows(Protocol):
 
 # The statement a Prepared holds (a Select, an Update...), so that its `.statement` keeps its type.
 S = TypeVar("S", bound=Executable, covariant=True)
+DML = Insert | Update | Delete
 
 
 class Prepared(Generic[S]):
@@ -159,26 +169,32 @@ class UnitOfWork:
             return self._on_driver(conn, statement, parameters or {})
         return conn.execute(statement.statement, parameters)
 
-    def execute_unless_held(self, statement: Prepared[Any], parameters: Mapping[str, Any]) -> Rows:
-        """Run one statement that raises RowHeld instead of waiting more than HELD_WAIT_MS for
-        a row (a key, say) that another transaction has written and not yet committed.
+    def execute_unless_held(self, statement: Prepared[DML], parameters: Mapping[str, Any]) -> Rows:
+        """Inside `transaction()`: run one write that raises RowHeld instead of waiting more
+        than HELD_WAIT_MS for a row (a key, say) that another transaction holds.
 
-        SQLite needs nothing: its writers queue for the database's write lock before their
-        transaction starts (`transaction()`), so a statement in one never meets a held row.
+        Only waits for rows (and the short ones of any insert) are cut: the table's own lock is
+        taken first, waiting as any statement does, so a migration that holds it (to alter the
+        table) delays the write rather than failing it. SQLite needs nothing: its writers queue
+        for the database's write lock before their transaction starts, so a statement in one
+        never meets a held row.
         """
+        if not self._in_transaction:
+            raise RuntimeError("execute_unless_held belongs in a transaction")
         conn = self._connection()
         dbapi = self._dbapi
         if not isinstance(dbapi, StatementConnection):
             return conn.execute(statement.statement, parameters)
-        dbapi.prefix = (dbapi.prefix or b"") + _NO_WAIT
+        table = self.engine.dialect.identifier_preparer.format_table(statement.statement.table)
+        lock = f"LOCK TABLE {table} IN ROW EXCLUSIVE MODE;".encode()
+        dbapi.prefix = (dbapi.prefix or b"") + lock + _NO_WAIT
         try:
             rows = self._on_driver(conn, statement, parameters)
         except OperationalError as error:
             if getattr(error.orig, "pgcode", None) == _LOCK_NOT_AVAILABLE:
                 raise RowHeld from error
             raise
-        if self._in_transaction:
-            dbapi.prefix = _WAIT_AGAIN + (dbapi.prefix or b"")
+        dbapi.prefix = _WAIT_AGAIN + (dbapi.prefix or b"")
         return rows
 
     def execute_with_commit(self, statement: Prepared[Any], parameters: Mapping[str, Any]) -> None:

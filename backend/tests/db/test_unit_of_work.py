@@ -8,24 +8,26 @@
   for a key that another request holds (`execute_unless_held`).
 """
 
+import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DataError, OperationalError
 
 from tests.support import PostgresServer, as_app_role, settings_for
 from tests.support.retries import new_key
 from todo_api.auth import Claims
 from todo_api.db import create_db_engine, normalise_url
-from todo_api.idempotency import IdempotencyKeys
+from todo_api.idempotency import _CLAIM, IdempotencyKey, IdempotencyKeys
 from todo_api.migrate import migrate
 from todo_api.tasks import service
-from todo_api.tasks.models import TaskCreate
+from todo_api.tasks.models import TaskCreate, User
 from todo_api.unit_of_work import HELD_WAIT_MS, DriverRows, Prepared, RowHeld, UnitOfWork
 
 OWNER = "zoe"
@@ -125,7 +127,15 @@ def test_a_broken_connection_is_unavailable_and_never_reused(
 
 
 KEYS = IdempotencyKeys(ttl_seconds=60)
-LOCK_TIMEOUT = Prepared(sa.select(sa.func.current_setting("lock_timeout")))
+USERS = User.__table__  # type: ignore[attr-defined]
+# A write (what execute_unless_held runs) that answers the lock_timeout it ran with.
+LOCK_TIMEOUT = Prepared(
+    sa.update(USERS)
+    .where(USERS.c.id == OWNER)
+    .values(name=USERS.c.name)
+    .returning(sa.func.current_setting("lock_timeout"))
+)
+ADD_USER = Prepared(postgresql.insert(USERS).on_conflict_do_nothing())
 
 
 def another(engine: sa.Engine) -> UnitOfWork:
@@ -191,14 +201,36 @@ def test_a_claim_does_not_wait_for_a_key_another_request_holds(
 
 def test_a_statement_that_would_wait_raises_row_held(work: UnitOfWork, engine: sa.Engine) -> None:
     holder = another(engine)
-    claim = Prepared(sa.text("INSERT INTO users (id) VALUES (:id) ON CONFLICT DO NOTHING"))
     try:
         with holder.transaction():
-            holder.execute(claim, {"id": OWNER + "-held"})
-            with pytest.raises(RowHeld):
-                work.execute_unless_held(claim, {"id": OWNER + "-held"})
+            holder.execute(ADD_USER, {"id": OWNER + "-held"})
+            started = time.monotonic()
+            with pytest.raises(RowHeld), work.transaction():
+                work.execute_unless_held(ADD_USER, {"id": OWNER + "-held"})
+            assert time.monotonic() - started < 2
     finally:
         holder.close()
+
+
+def test_a_lock_on_the_whole_table_is_waited_for(
+    work: UnitOfWork, database: str, engine: sa.Engine
+) -> None:
+    """A migration that alters the table holds its lock for a moment: the write waits, as any
+    would, instead of taking the lock for a held row (a 409 for every key, before)."""
+    admin = sa.create_engine(normalise_url(database))
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text("LOCK TABLE users IN SHARE MODE"))
+            release = threading.Timer(0.5, conn.rollback)
+            release.start()
+            started = time.monotonic()
+            with work.transaction():
+                work.execute_unless_held(ADD_USER, {"id": OWNER + "-after-the-lock"})
+            waited = time.monotonic() - started
+            release.join()
+    finally:
+        admin.dispose()
+    assert waited >= 0.4
 
 
 def test_the_work_after_a_claim_waits_for_locks_as_usual(work: UnitOfWork) -> None:
@@ -209,9 +241,9 @@ def test_the_work_after_a_claim_waits_for_locks_as_usual(work: UnitOfWork) -> No
         after = work.execute(LOCK_TIMEOUT, {}).first()
     assert during == (f"{HELD_WAIT_MS}ms",)
     assert after == ("0",)
-    # Outside a transaction each statement is one: nothing carries over either.
-    assert work.execute_unless_held(LOCK_TIMEOUT, {}).first() == (f"{HELD_WAIT_MS}ms",)
     assert work.execute(LOCK_TIMEOUT, {}).first() == ("0",)
+    with pytest.raises(RuntimeError, match="belongs in a transaction"):
+        work.execute_unless_held(LOCK_TIMEOUT, {})
 
 
 def test_a_statement_sent_with_the_commit_is_committed_with_it_or_dropped(
@@ -248,3 +280,67 @@ def test_an_error_in_the_statement_sent_with_the_commit_is_the_commits(
         assert service.get_task(later, task_id=task["id"])["title"] == "kept"
     finally:
         later.close()
+
+
+def plant_expired_key(database: str, user: str, key: str) -> None:
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    admin = sa.create_engine(normalise_url(database))
+    try:
+        with admin.begin() as conn:
+            conn.execute(
+                sa.insert(IdempotencyKey.__table__),  # type: ignore[attr-defined]
+                {
+                    "user_id": user,
+                    "key": key,
+                    "fingerprint": "f",
+                    "claim": "",
+                    "created_at": long_ago,
+                    "expires_at": long_ago,
+                },
+            )
+    finally:
+        admin.dispose()
+
+
+def test_a_purging_write_never_holds_another_users_expired_key(
+    work: UnitOfWork, engine: sa.Engine, database: str
+) -> None:
+    """A purge deletes anyone's expired keys: not inside a keyed write's transaction, whose row
+    locks would make the user reusing one of those keys wait, then answer 409 (before)."""
+    keys = IdempotencyKeys(ttl_seconds=60)  # its first keyed write is the purge's turn
+    theirs = new_key()
+    plant_expired_key(database, "yan", theirs)
+    seen: list[int] = []
+
+    def mine() -> Response:
+        other = UnitOfWork(engine, Claims(sub="yan", exp=time.time() + 60))
+        try:
+            reused = keys.run(other, key=theirs, fingerprint="g", action=lambda: answer("yan"))
+        finally:
+            other.close()
+        seen.append(reused.status_code)
+        return answer("zoe")
+
+    assert keys.run(work, key=new_key(), fingerprint="f", action=mine).status_code == 201
+    assert seen == [201]
+
+
+def test_a_replay_holds_no_lock_on_its_key(work: UnitOfWork, engine: sa.Engine) -> None:
+    """Replays of a finished key run side by side: a claim that finds the key committed does
+    not lock its row (before, one replay inside its transaction made the next wait, then 409)."""
+    key = new_key()
+    assert KEYS.run(work, key=key, fingerprint="f", action=lambda: answer("once")).status_code
+    replaying = another(engine)
+    try:
+        with replaying.transaction():
+            claim = {"user_id": OWNER, "key": key, "fingerprint": "f", "claim": ""}
+            now = datetime.now(UTC)
+            claimed = replaying.execute_unless_held(
+                _CLAIM["postgresql"], {**claim, "created_at": now, "expires_at": now}
+            )
+            assert claimed.first() is None  # found, not ours
+            # Meanwhile another replay of the same key.
+            replay = KEYS.run(work, key=key, fingerprint="f", action=lambda: answer("twice"))
+    finally:
+        replaying.close()
+    assert replay.body == b'{"done":"once"}' and replay.headers["idempotent-replayed"] == "true"
