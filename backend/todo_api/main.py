@@ -76,6 +76,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         static_url=DOCS_ASSETS,
         # The request layer serves every path with or without a trailing slash instead.
         redirect_slashes=False,
+        # FastAPI's native OpenTelemetry, off: this service's metrics are Prometheus's
+        # (/metrics) and its logs JSON lines. Left on, it asked OpenTelemetry's global
+        # providers on every request whether anyone had configured them (3 us a request,
+        # measured; 0.1 us off), to do nothing when, as here, nobody had.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     metrics, http_metrics = install_metrics(app, settings)
     # The one request layer (todo_api/edge.py): ids, security headers, CORS, body limits, the
