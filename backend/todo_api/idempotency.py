@@ -39,61 +39,24 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import orjson
 from fastapi import HTTPException, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import (
-    Column,
-    Delete,
-    Index,
-    Integer,
-    LargeBinary,
-    PrimaryKeyConstraint,
-    Select,
-    String,
-    Table,
-    Text,
-    bindparam,
-    delete,
-    select,
-    tuple_,
-)
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
-from sqlmodel import Field, SQLModel
 
-from todo_api.db import UtcDateTime, utcnow
-from todo_api.unit_of_work import Prepared, RowHeld, UnitOfWork
-
-IDEMPOTENCY_KEY_MAX = 255
-
-
-class IdempotencyKey(SQLModel, table=True):
-    """A request's Idempotency-Key and, once it has finished, the answer it got."""
-
-    __tablename__ = "idempotency_keys"
-    __table_args__ = (
-        PrimaryKeyConstraint("user_id", "key"),
-        Index("ix_idempotency_keys_expires_at", "expires_at"),
-    )
-
-    # No foreign key to users: a user's first create claims its key before the user row exists.
-    user_id: str = Field(sa_column=Column(Text, nullable=False))
-    key: str = Field(sa_column=Column(String(IDEMPOTENCY_KEY_MAX), nullable=False))
-    fingerprint: str = Field(sa_column=Column(String(64), nullable=False))  # SHA-256, hex
-    # Earlier versions' claim token (they compare it); written as "" now, dropped in a later
-    # release once no version that reads it runs.
-    claim: str = Field(sa_column=Column(String(32), nullable=False))
-    # None: claimed by an earlier version whose request is still running (or died).
-    status_code: int | None = Field(default=None, sa_column=Column(Integer))
-    response_headers: str | None = Field(default=None, sa_column=Column(Text))  # a JSON object
-    response_body: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
-    created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
-    expires_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
-
+from todo_api.db import utcnow
+from todo_api.idempotency_table import (
+    CLAIM,
+    IDEMPOTENCY_KEY_MAX,
+    KEPT,
+    PURGE,
+    PURGE_EVERY,
+    STORE,
+    TAKE_OVER,
+)
+from todo_api.unit_of_work import RowHeld, UnitOfWork
 
 REPLAYED = "Idempotent-Replayed"
 # Visible ASCII; HTTP itself drops the whitespace around a header value.
@@ -112,80 +75,6 @@ KEY_PARAMETER = {
 }
 # What a replay repeats besides status and body (the rest is per response: ids, CORS, ...).
 KEPT_HEADERS = ("content-type", "location", "etag")
-# Every PURGE_EVERY-th keyed write of a worker, once committed, deletes up to PURGE_LIMIT expired
-# keys: 8 per write on average, so that a backlog (from a burst, or a pause in keyed writes) is
-# worked off by the writes that follow; a small batch, so no request pays for a large one. Not
-# with every write: planning the purge cost PostgreSQL more than the claim itself (0.09 ms
-# against 0.015). After the COMMIT, in a statement of its own: inside the keyed transaction its
-# row locks on anyone's expired keys would make a user reusing one of them wait.
-PURGE_EVERY = 8
-PURGE_LIMIT = 8 * PURGE_EVERY
-
-_keys: Table = IdempotencyKey.__table__  # type: ignore[attr-defined]
-_k = _keys.c
-# Bound names differ from the columns' (SQLAlchemy keeps those for its own VALUES and SET).
-_THIS_KEY = (_k.user_id == bindparam("owner_id")) & (_k.key == bindparam("idempotency_key"))
-
-
-# ORDER BY: read off the expires_at index from its oldest entry, stopping at the first live key.
-# Without it the planner may scan the whole table for the few rows it deletes.
-_EXPIRED = (
-    select(_k.user_id, _k.key)
-    .where(_k.expires_at < bindparam("now"))
-    .order_by(_k.expires_at)
-    .limit(PURGE_LIMIT)
-)
-
-
-def _purge(expired: Select[Any]) -> Prepared[Delete]:
-    return Prepared(delete(_keys).where(tuple_(_k.user_id, _k.key).in_(expired.scalar_subquery())))
-
-
-_PURGE = {
-    # SKIP LOCKED: purges running at the same moment delete different rows, none waits.
-    "postgresql": _purge(_EXPIRED.with_for_update(skip_locked=True)),
-    "sqlite": _purge(_EXPIRED),  # no row locks: its writers take turns
-}
-# A new key: ours. DO NOTHING rather than DO UPDATE: a key that exists is read (a replay takes no
-# lock on it), and taken over only if it has expired (_TAKE_OVER).
-_CLAIM = {
-    dialect.dialect.name: Prepared(
-        dialect.insert(_keys)
-        .on_conflict_do_nothing(index_elements=[_k.user_id, _k.key])
-        .returning(_k.claim)
-    )
-    for dialect in (postgresql, sqlite)
-}
-_TAKE_OVER = Prepared(
-    _keys.update()
-    .where(_THIS_KEY & (_k.expires_at <= bindparam("now")))
-    .values(
-        fingerprint=bindparam("new_fingerprint"),
-        claim="",
-        status_code=None,
-        response_headers=None,
-        response_body=None,
-        created_at=bindparam("now"),
-        expires_at=bindparam("kept_until"),
-    )
-    .returning(_k.claim)
-)
-_KEPT = Prepared(
-    select(
-        _k.fingerprint, _k.status_code, _k.response_headers, _k.response_body, _k.expires_at
-    ).where(_THIS_KEY)
-)
-# Only the answer: the key's columns and `expires_at` (indexed) stay as claimed, so PostgreSQL
-# can make it a HOT update (the new row version on the same page, no new index entries).
-_STORE = Prepared(
-    _keys.update()
-    .where(_THIS_KEY)
-    .values(
-        status_code=bindparam("new_status_code"),
-        response_headers=bindparam("new_response_headers"),
-        response_body=bindparam("new_response_body"),
-    )
-)
 
 
 def key_of(value: str | None) -> str | None:
@@ -277,9 +166,9 @@ class IdempotencyKeys:
             "created_at": now,
             "expires_at": now + self.ttl,
         }
-        if work.execute_unless_held(_CLAIM[work.dialect_name], values).first() is not None:
+        if work.execute_unless_held(CLAIM[work.dialect_name], values).first() is not None:
             return None
-        row = work.execute(_KEPT, this_key).first()
+        row = work.execute(KEPT, this_key).first()
         if row is None:
             return _GONE
         kept = _Kept(*row)
@@ -291,7 +180,7 @@ class IdempotencyKeys:
             "new_fingerprint": fingerprint,
             "kept_until": now + self.ttl,
         }
-        taken = work.execute_unless_held(_TAKE_OVER, take_over).first() is not None
+        taken = work.execute_unless_held(TAKE_OVER, take_over).first() is not None
         return None if taken else _GONE
 
     def _purge_some(self, work: UnitOfWork, now: datetime) -> None:
@@ -301,7 +190,7 @@ class IdempotencyKeys:
         if next(self._writes) % PURGE_EVERY:
             return
         with contextlib.suppress(DBAPIError):
-            work.execute(_PURGE[work.dialect_name], {"now": now})
+            work.execute(PURGE[work.dialect_name], {"now": now})
 
     def _answered(self, work: UnitOfWork, key: str, action: Callable[[], Response]) -> Response:
         """The work's answer, stored in the claimed row (the caller's transaction commits both,
@@ -321,7 +210,7 @@ class IdempotencyKeys:
             "new_response_headers": orjson.dumps(headers).decode(),
             "new_response_body": bytes(response.body),
         }
-        work.execute_with_commit(_STORE, stored)  # one round trip with the COMMIT
+        work.execute_with_commit(STORE, stored)  # one round trip with the COMMIT
         return response
 
 

@@ -7,35 +7,25 @@
   is paid. `transaction()` makes one transaction of several statements (a write and the answer
   kept for its Idempotency-Key); `execute_with_commit` sends its last one with its COMMIT.
 - On PostgreSQL every statement carries the owner and the statement timeout, and waits at most
-  the client deadline (todo_api/driver.py); `Prepared` statements skip SQLAlchemy's execution.
+  the client deadline (todo_api/driver.py); `Prepared` statements (todo_api/statements.py) skip
+  SQLAlchemy's execution.
 - `execute_unless_held` runs a statement that gives up (`RowHeld`) rather than wait more than a
   moment for a row another transaction holds: an Idempotency-Key claimed by a request still
   running.
 """
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any
 
 # psycopg2 ships no type hints (and types-psycopg2 is not a dependency): its names are Any here.
 import psycopg2  # type: ignore[import-untyped]
 import psycopg2.extensions  # type: ignore[import-untyped]
-from sqlalchemy import (
-    ClauseElement,
-    Connection,
-    Delete,
-    Dialect,
-    Engine,
-    Executable,
-    Insert,
-    Update,
-)
-from sqlalchemy.engine.interfaces import Compiled
+from sqlalchemy import Connection, Engine, Executable
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from todo_api.db import UtcDateTime, in_utc
 from todo_api.driver import StatementConnection, guard
+from todo_api.statements import DML, DriverRows, Prepared, Rows, in_utc_rows
 
 if TYPE_CHECKING:
     from todo_api.auth import Claims
@@ -54,86 +44,6 @@ _LOCK_NOT_AVAILABLE = "55P03"
 
 class RowHeld(Exception):
     """`execute_unless_held`'s statement met a row another transaction holds."""
-
-
-class Rows(Protocol):
-    """A statement's result as the services read it: a SQLAlchemy result, or DriverRows."""
-
-    @property
-    def rowcount(self) -> int: ...
-
-    def first(self) -> Any: ...
-
-    def __iter__(self) -> Iterator[Any]: ...
-
-
-# The statement a Prepared holds (a Select, an Update...), so that its `.statement` keeps its type.
-S = TypeVar("S", bound=Executable, covariant=True)
-DML = Insert | Update | Delete
-
-
-class Prepared(Generic[S]):
-    """A statement built once, at import, and compiled once per dialect.
-
-    On PostgreSQL the unit of work runs it straight on the driver's cursor: SQLAlchemy's work
-    per execution (the statement's cache key, an execution context, result rows) cost about a
-    tenth of a worker's CPU on a GET, more than PostgreSQL spent running the statement. What
-    that work did for these statements is done here: parameters are bound by name (the
-    compiled statement's own `construct_params`), timestamps come back in UTC (UtcDateTime's
-    rule), and driver errors are raised as SQLAlchemy's (a broken connection invalidated).
-    Elsewhere (SQLite) the statement goes through SQLAlchemy as any other.
-    """
-
-    __slots__ = ("_compiled", "statement", "timestamps")
-
-    def __init__(self, statement: S) -> None:
-        self.statement = statement
-        self._compiled: dict[tuple[str, frozenset[str]], Compiled] = {}
-        columns = getattr(statement, "exported_columns", ())
-        # The positions of timestamp columns in its rows (the only type with a result rule).
-        self.timestamps = tuple(
-            index for index, column in enumerate(columns) if isinstance(column.type, UtcDateTime)
-        )
-
-    def compiled(self, dialect: Dialect, keys: Iterable[str]) -> Compiled:
-        # Per set of parameter names too: an INSERT without .values() takes its columns from
-        # them, as SQLAlchemy's execution does (a call site always passes the same names).
-        names = frozenset(keys)
-        compiled = self._compiled.get((dialect.name, names))
-        if compiled is None:
-            statement = cast(ClauseElement, self.statement)
-            compiled = statement.compile(dialect=dialect, column_keys=sorted(names))
-            self._compiled[dialect.name, names] = compiled
-        return compiled
-
-
-class DriverRows:
-    """A Prepared statement's rows, as tuples, and its row count."""
-
-    __slots__ = ("rowcount", "rows")
-
-    def __init__(self, rows: list[tuple[Any, ...]], rowcount: int) -> None:
-        self.rows = rows
-        self.rowcount = rowcount
-
-    def first(self) -> tuple[Any, ...] | None:
-        return self.rows[0] if self.rows else None
-
-    def __iter__(self) -> Iterator[tuple[Any, ...]]:
-        return iter(self.rows)
-
-
-def _in_utc(rows: list[tuple[Any, ...]], timestamps: tuple[int, ...]) -> list[tuple[Any, ...]]:
-    # PostgreSQL answers in the session's time zone; UTC is the rule (UtcDateTime's, db.in_utc).
-    # A row is only rebuilt when one of its timestamps is not in UTC already.
-    for number, row in enumerate(rows):
-        if any(row[i] is not None and row[i].tzinfo is not UTC for i in timestamps):
-            values = list(row)
-            for i in timestamps:
-                if values[i] is not None:
-                    values[i] = in_utc(values[i])
-            rows[number] = tuple(values)
-    return rows
 
 
 class UnitOfWork:
@@ -242,7 +152,7 @@ class UnitOfWork:
         finally:
             cursor.close()
         if prepared.timestamps and rows:
-            rows = _in_utc(rows, prepared.timestamps)
+            rows = in_utc_rows(rows, prepared.timestamps)
         return DriverRows(rows, rowcount)
 
     @contextmanager

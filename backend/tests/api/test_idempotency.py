@@ -15,7 +15,8 @@ from tests.db.test_row_level_security import owner_work
 from tests.support import as_app_role, auth, random_user, running_app, settings_for
 from tests.support.retries import keys_of, new_key, tasks_of, writes_held
 from todo_api.db import create_db_engine
-from todo_api.idempotency import _EXPIRED, PURGE_EVERY, PURGE_LIMIT, IdempotencyKey, fingerprint
+from todo_api.idempotency import fingerprint
+from todo_api.idempotency_table import EXPIRED, PURGE_EVERY, PURGE_LIMIT, IdempotencyKey
 from todo_api.migrate import migrate
 
 REPLAYED = "idempotent-replayed"
@@ -434,7 +435,7 @@ class TestRowLevelSecurity:
                 "FROM generate_series(1, 4000) g"
             )
             work.exec_driver_sql("ANALYZE idempotency_keys")
-            expired = _EXPIRED.with_for_update(skip_locked=True).compile(app_engine)
+            expired = EXPIRED.with_for_update(skip_locked=True).compile(app_engine)
             params = {
                 **expired.params,
                 "now": datetime.now(UTC),

@@ -24,11 +24,13 @@ from tests.support import PostgresServer, as_app_role, settings_for
 from tests.support.retries import new_key
 from todo_api.auth import Claims
 from todo_api.db import create_db_engine, normalise_url
-from todo_api.idempotency import _CLAIM, IdempotencyKey, IdempotencyKeys
+from todo_api.idempotency import IdempotencyKeys
+from todo_api.idempotency_table import CLAIM, IdempotencyKey
 from todo_api.migrate import migrate
+from todo_api.statements import DriverRows, Prepared
 from todo_api.tasks import service
 from todo_api.tasks.models import TaskCreate, User
-from todo_api.unit_of_work import HELD_WAIT_MS, DriverRows, Prepared, RowHeld, UnitOfWork
+from todo_api.unit_of_work import HELD_WAIT_MS, RowHeld, UnitOfWork
 
 OWNER = "zoe"
 # Far from UTC, and not by whole hours: a timestamp left in it renders as +13:45.
@@ -336,7 +338,7 @@ def test_a_replay_holds_no_lock_on_its_key(work: UnitOfWork, engine: sa.Engine) 
             claim = {"user_id": OWNER, "key": key, "fingerprint": "f", "claim": ""}
             now = datetime.now(UTC)
             claimed = replaying.execute_unless_held(
-                _CLAIM["postgresql"], {**claim, "created_at": now, "expires_at": now}
+                CLAIM["postgresql"], {**claim, "created_at": now, "expires_at": now}
             )
             assert claimed.first() is None  # found, not ours
             # Meanwhile another replay of the same key.

@@ -10,7 +10,7 @@ from sqlmodel import SQLModel
 
 from todo_api import (
     auth_schema,  # noqa: F401  (Better Auth's tables, on the same metadata)
-    idempotency,  # noqa: F401  (the idempotency_keys table)
+    idempotency_table,  # noqa: F401  (the idempotency_keys table)
 )
 from todo_api.config import Settings
 from todo_api.db import normalise_url

@@ -40,8 +40,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from todo_api.conditional import PreconditionFailed, Version
 from todo_api.db import UtcDateTime, utcnow
+from todo_api.statements import Prepared, Rows
 from todo_api.tasks.models import SortOrder, Task, TaskCreate, TaskSort, TaskStatus, User
-from todo_api.unit_of_work import Prepared, Rows, UnitOfWork
+from todo_api.unit_of_work import UnitOfWork
 
 TaskRow = dict[str, Any]
 
