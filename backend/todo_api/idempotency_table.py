@@ -67,7 +67,7 @@ PURGE_LIMIT = 8 * PURGE_EVERY
 _keys: Table = IdempotencyKey.__table__  # type: ignore[attr-defined]
 _k = _keys.c
 # Bound names differ from the columns' (SQLAlchemy keeps those for its own VALUES and SET).
-THIS_KEY = (_k.user_id == bindparam("owner_id")) & (_k.key == bindparam("idempotency_key"))
+_THIS_KEY = (_k.user_id == bindparam("owner_id")) & (_k.key == bindparam("idempotency_key"))
 
 
 # ORDER BY: read off the expires_at index from its oldest entry, stopping at the first live key.
@@ -101,7 +101,7 @@ CLAIM = {
 }
 TAKE_OVER = Prepared(
     _keys.update()
-    .where(THIS_KEY & (_k.expires_at <= bindparam("now")))
+    .where(_THIS_KEY & (_k.expires_at <= bindparam("now")))
     .values(
         fingerprint=bindparam("new_fingerprint"),
         claim="",
@@ -116,13 +116,13 @@ TAKE_OVER = Prepared(
 KEPT = Prepared(
     select(
         _k.fingerprint, _k.status_code, _k.response_headers, _k.response_body, _k.expires_at
-    ).where(THIS_KEY)
+    ).where(_THIS_KEY)
 )
 # Only the answer: the key's columns and `expires_at` (indexed) stay as claimed, so PostgreSQL
 # can make it a HOT update (the new row version on the same page, no new index entries).
 STORE = Prepared(
     _keys.update()
-    .where(THIS_KEY)
+    .where(_THIS_KEY)
     .values(
         status_code=bindparam("new_status_code"),
         response_headers=bindparam("new_response_headers"),
