@@ -14,6 +14,8 @@ from servers import App, Keys, start_app
 
 # Scenarios that change the data: the database is put back after each of their runs.
 WRITES = frozenset({"create", "toggle", "mixed", "create_key"})
+# The apps a pair compares, in the order they run (the FastAPI floor only with --fastapi-floor).
+APPS = ("floor", "fastapi-floor", "product")
 # Starts of the measured run until wrk's connections are spread over the workers (each
 # refused start costs a few milliseconds); the last one is measured whatever the spread.
 MAX_ATTEMPTS = 50
@@ -80,9 +82,8 @@ class Session:
 
     def pair(self, section: str, scenario: str, connections: int, **options: Any) -> None:
         """The floor, then the product, on the same data: the pair is what gets compared."""
-        for label in ("floor", "fastapi-floor", "product"):
-            if label in self.apps:  # the FastAPI floor only with --fastapi-floor
-                self.measure(section, scenario, self.apps[label], connections, **options)
+        for label in self._started():
+            self.measure(section, scenario, self.apps[label], connections, **options)
 
     def measure(
         self,
@@ -168,17 +169,22 @@ class Session:
             "list": f"/api/{BENCH_USER}/tasks?limit=50",
             "get": f"/api/{BENCH_USER}/tasks/{self.db.seeded.first}",
         }
+        labels = self._started()
         same = {}
         for name, path in paths.items():
-            labels = [name for name in ("floor", "fastapi-floor", "product") if name in self.apps]
-            bodies = [_get(self.apps[label].url + path, token) for label in labels]
-            same[name] = all(body == bodies[0] for body in bodies)
-            if not same[name]:
+            bodies = {label: _get(self.apps[label].url + path, token) for label in labels}
+            floor = bodies["floor"]
+            differ = [label for label, body in bodies.items() if body != floor]
+            same[name] = not differ
+            for label in differ:
                 self.warnings.append(
-                    f"{name}: floor and product bodies differ: "
-                    f"{bodies[0][:200]!r} vs {bodies[1][:200]!r}"
+                    f"{name}: floor and {label} bodies differ: "
+                    f"{floor[:200]!r} vs {bodies[label][:200]!r}"
                 )
         return same
+
+    def _started(self) -> list[str]:
+        return [label for label in APPS if label in self.apps]
 
 
 def _get(url: str, token: str) -> bytes:
