@@ -11,6 +11,7 @@
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -59,13 +60,20 @@ def engine(database: str) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-@pytest.fixture
-def work(engine: sa.Engine) -> Iterator[UnitOfWork]:
-    work = UnitOfWork(engine, Claims(sub=OWNER, exp=time.time() + 60))
+@contextmanager
+def unit_of_work(engine: sa.Engine, owner: str = OWNER) -> Iterator[UnitOfWork]:
+    """A request's unit of work for `owner`, closed at the end of the block."""
+    work = UnitOfWork(engine, Claims(sub=owner, exp=time.time() + 60))
     try:
         yield work
     finally:
         work.close()
+
+
+@pytest.fixture
+def work(engine: sa.Engine) -> Iterator[UnitOfWork]:
+    with unit_of_work(engine) as work:
+        yield work
 
 
 def test_the_session_really_is_in_another_time_zone(work: UnitOfWork) -> None:
@@ -121,11 +129,8 @@ def test_a_broken_connection_is_unavailable_and_never_reused(
     work.close()
     # Every pooled connection after it is a live one.
     for _ in range(engine.pool.size() + 1):
-        later = UnitOfWork(engine, Claims(sub=OWNER, exp=time.time() + 60))
-        try:
+        with unit_of_work(engine) as later:
             assert later.exec_driver_sql("SELECT pg_backend_pid()").first()[0] != pid
-        finally:
-            later.close()
 
 
 KEYS = IdempotencyKeys(ttl_seconds=60)
@@ -138,10 +143,6 @@ LOCK_TIMEOUT = Prepared(
     .returning(sa.func.current_setting("lock_timeout"))
 )
 ADD_USER = Prepared(postgresql.insert(USERS).on_conflict_do_nothing())
-
-
-def another(engine: sa.Engine) -> UnitOfWork:
-    return UnitOfWork(engine, Claims(sub=OWNER, exp=time.time() + 60))
 
 
 def answer(text: str) -> Response:
@@ -162,11 +163,8 @@ def test_a_keyed_write_cut_off_mid_work_leaves_its_key_free(
     with pytest.raises(OperationalError):
         KEYS.run(work, key=key, fingerprint="f", action=cut_off)
     work.close()
-    retry = another(engine)
-    try:
+    with unit_of_work(engine) as retry:
         done = KEYS.run(retry, key=key, fingerprint="f", action=lambda: answer("retry"))
-    finally:
-        retry.close()
     assert done.status_code == 201 and done.body == b'{"done":"retry"}'
     assert "idempotent-replayed" not in done.headers
 
@@ -179,13 +177,9 @@ def test_a_claim_does_not_wait_for_a_key_another_request_holds(
 
     def first() -> Response:
         # The first request's claim is written, not committed: a duplicate now gets 409 at once.
-        duplicate = another(engine)
         started = time.monotonic()
-        try:
-            with pytest.raises(HTTPException) as refused:
-                KEYS.run(duplicate, key=key, fingerprint="f", action=lambda: answer("twice"))
-        finally:
-            duplicate.close()
+        with unit_of_work(engine) as duplicate, pytest.raises(HTTPException) as refused:
+            KEYS.run(duplicate, key=key, fingerprint="f", action=lambda: answer("twice"))
         assert time.monotonic() - started < 2
         seen.append(refused.value.status_code)
         return answer("once")
@@ -193,25 +187,18 @@ def test_a_claim_does_not_wait_for_a_key_another_request_holds(
     assert KEYS.run(work, key=key, fingerprint="f", action=first).status_code == 201
     assert seen == [409]
     # Committed: the key now answers the first request's answer.
-    later = another(engine)
-    try:
+    with unit_of_work(engine) as later:
         replay = KEYS.run(later, key=key, fingerprint="f", action=lambda: answer("again"))
-    finally:
-        later.close()
     assert replay.body == b'{"done":"once"}' and replay.headers["idempotent-replayed"] == "true"
 
 
 def test_a_statement_that_would_wait_raises_row_held(work: UnitOfWork, engine: sa.Engine) -> None:
-    holder = another(engine)
-    try:
-        with holder.transaction():
-            holder.execute(ADD_USER, {"id": OWNER + "-held"})
-            started = time.monotonic()
-            with pytest.raises(RowHeld), work.transaction():
-                work.execute_unless_held(ADD_USER, {"id": OWNER + "-held"})
-            assert time.monotonic() - started < 2
-    finally:
-        holder.close()
+    with unit_of_work(engine) as holder, holder.transaction():
+        holder.execute(ADD_USER, {"id": OWNER + "-held"})
+        started = time.monotonic()
+        with pytest.raises(RowHeld), work.transaction():
+            work.execute_unless_held(ADD_USER, {"id": OWNER + "-held"})
+        assert time.monotonic() - started < 2
 
 
 def test_a_lock_on_the_whole_table_is_waited_for(
@@ -277,11 +264,8 @@ def test_an_error_in_the_statement_sent_with_the_commit_is_the_commits(
     assert raised.value.statement == "COMMIT"
     assert raised.value.connection_invalidated
     work.close()
-    later = another(engine)
-    try:
+    with unit_of_work(engine) as later:
         assert service.get_task(later, task_id=task["id"])["title"] == "kept"
-    finally:
-        later.close()
 
 
 def plant_expired_key(database: str, user: str, key: str) -> None:
@@ -315,11 +299,8 @@ def test_a_purging_write_never_holds_another_users_expired_key(
     seen: list[int] = []
 
     def mine() -> Response:
-        other = UnitOfWork(engine, Claims(sub="yan", exp=time.time() + 60))
-        try:
+        with unit_of_work(engine, "yan") as other:
             reused = keys.run(other, key=theirs, fingerprint="g", action=lambda: answer("yan"))
-        finally:
-            other.close()
         seen.append(reused.status_code)
         return answer("zoe")
 
@@ -331,18 +312,16 @@ def test_a_replay_holds_no_lock_on_its_key(work: UnitOfWork, engine: sa.Engine) 
     """Replays of a finished key run side by side: a claim that finds the key committed does
     not lock its row (before, one replay inside its transaction made the next wait, then 409)."""
     key = new_key()
-    assert KEYS.run(work, key=key, fingerprint="f", action=lambda: answer("once")).status_code
-    replaying = another(engine)
-    try:
-        with replaying.transaction():
-            claim = {"user_id": OWNER, "key": key, "fingerprint": "f", "claim": ""}
-            now = datetime.now(UTC)
-            claimed = replaying.execute_unless_held(
-                CLAIM["postgresql"], {**claim, "created_at": now, "expires_at": now}
-            )
-            assert claimed.first() is None  # found, not ours
-            # Meanwhile another replay of the same key.
-            replay = KEYS.run(work, key=key, fingerprint="f", action=lambda: answer("twice"))
-    finally:
-        replaying.close()
+    assert (
+        KEYS.run(work, key=key, fingerprint="f", action=lambda: answer("once")).status_code == 201
+    )
+    with unit_of_work(engine) as replaying, replaying.transaction():
+        claim = {"user_id": OWNER, "key": key, "fingerprint": "f", "claim": ""}
+        now = datetime.now(UTC)
+        claimed = replaying.execute_unless_held(
+            CLAIM["postgresql"], {**claim, "created_at": now, "expires_at": now}
+        )
+        assert claimed.first() is None  # found, not ours
+        # Meanwhile another replay of the same key.
+        replay = KEYS.run(work, key=key, fingerprint="f", action=lambda: answer("twice"))
     assert replay.body == b'{"done":"once"}' and replay.headers["idempotent-replayed"] == "true"
