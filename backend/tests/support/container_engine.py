@@ -10,6 +10,7 @@ companion images, built once from that copy); compose_command() finds a Compose 
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -33,6 +34,15 @@ CONTAINERS_CONF = REPO / "deploy" / "images" / "containers.conf"
 CONTEXT_EPOCH = 946684800  # 2000-01-01T00:00:00Z
 
 
+# Podman before 4.4 fails an inspect of a container whose process exits while it is read
+# (containers/podman#16383, fixed in 4.4.0; Debian 12 ships 4.3.1): `compose up` then stops with
+# "read /proc/N/cgroup: no such process" as it waits for the one-shot `migrate` to complete. The
+# command failed at that inspect, before changing anything, so it is sent again (at most twice).
+# Only that message is retried: any other failure fails the test.
+PODMAN_EXIT_RACE = re.compile(r"read /proc/\d+/cgroup: no such process")
+EXIT_RACE_ATTEMPTS = 3
+
+
 def checked(
     command: list[str],
     env: dict[str, str],
@@ -42,9 +52,12 @@ def checked(
     check: bool = True,
 ) -> str:
     """Runs `command`; its stdout, or an AssertionError with its stderr when it fails."""
-    done = subprocess.run(
-        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    for _ in range(EXIT_RACE_ATTEMPTS):
+        done = subprocess.run(
+            command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        )
+        if done.returncode == 0 or not PODMAN_EXIT_RACE.search(done.stderr):
+            break
     if check and done.returncode != 0:
         raise AssertionError(f"{command} exited {done.returncode}:\n{done.stderr[-4000:]}")
     return done.stdout
