@@ -23,10 +23,12 @@ connection: what is left of the body is read and dropped for a moment, then the 
 
 import asyncio
 import logging
+from typing import cast
 
 import orjson
 
 from todo_api.http import REFUSED_BY_SERVER
+from todo_api.one_send import PairedWrites
 from todo_api.security_headers import API_CSP, security_headers
 from todo_api.shutdown import GracefulShutdown
 from todo_api.uvicorn_internals import UvicornHttp
@@ -64,7 +66,9 @@ class RequestLimits(UvicornHttp):
         return self._in_head or self._in_body
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        # A head and its body in one send (one_send.py): Uvicorn writes them apart.
+        paired = PairedWrites(transport, asyncio.get_running_loop())
+        super().connection_made(cast(asyncio.Transport, paired))
         # What the current phase (a head, a body) may still read before the slow path. Set
         # afresh when a phase begins, so that the rest of that read is not counted: a phase
         # is bounded by its limit plus one read (256 KiB), however it is cut.
