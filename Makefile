@@ -74,7 +74,7 @@ stack: install $(COMPANION)/node_modules/.package-lock.json  ## companion + API 
 screenshot: install $(COMPANION)/node_modules/.package-lock.json  ## the README's picture of the demo page, from the browser test
 	cd backend && E2E_SCREENSHOT=../$(COMPANION)/screenshot.png .venv/bin/pytest tests/e2e/test_browser_e2e.py -q
 
-bench: install  ## product vs floor benchmark, ~10 min (needs wrk: apt-get install wrk)
+bench: install  ## product vs floor benchmark, ~15 min (needs wrk: apt-get install wrk)
 	cd backend && UV_PYTHON_DOWNLOADS=never ../$(UV) sync --frozen --group bench
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
