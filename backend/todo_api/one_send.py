@@ -14,6 +14,7 @@ half-closes.
 """
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any
 
 HOLD_BYTES = 64 * 1024
@@ -34,7 +35,8 @@ class PairedWrites:
         held = self._held
         if held is not None:
             self._held = None
-            self.transport.write(b"".join((held, data)))
+            # One writev of both, without copying the body into a new buffer.
+            self.transport.writelines((held, data))
         elif len(data) >= HOLD_BYTES:
             self.transport.write(data)
         else:
@@ -42,11 +44,17 @@ class PairedWrites:
             self._held = bytes(data)
             self._loop.call_soon(self.flush)
 
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        self.write(b"".join(list_of_data))
+
     def flush(self) -> None:
         held = self._held
         if held is not None:
             self._held = None
-            self.transport.write(held)
+            # A connection lost meanwhile (a reset) takes no more writes: the bytes would be
+            # dropped anyway, and the closed transport would raise in this callback.
+            if not self.transport.is_closing():
+                self.transport.write(held)
 
     def close(self) -> None:
         self.flush()

@@ -10,8 +10,11 @@ from typing import Any
 
 import pytest
 import uvloop
+from uvicorn.config import Config
 
 from todo_api.one_send import HOLD_BYTES, PairedWrites
+from todo_api.protocol import http_protocol
+from todo_api.uvicorn_internals import StoppingState
 
 
 class Recorded:
@@ -24,6 +27,11 @@ class Recorded:
     def write(self, data: bytes) -> None:
         self.writes.append(bytes(data))
         self.real.write(data)
+
+    def writelines(self, list_of_data: Any) -> None:
+        parts = [bytes(part) for part in list_of_data]
+        self.writes.append(b"".join(parts))
+        self.real.writelines(parts)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
@@ -147,3 +155,75 @@ def test_the_rest_is_the_real_transports() -> None:
         assert out.is_reading() and not out.is_closing() and out.can_write_eof()
 
     run(scenario)
+
+
+def test_a_write_held_when_the_connection_is_lost_is_dropped_quietly() -> None:
+    errors: list[dict[str, Any]] = []
+
+    async def scenario(out: PairedWrites, recorded: Recorded, reader: Any) -> None:
+        asyncio.get_running_loop().set_exception_handler(
+            lambda _loop, context: errors.append(context)
+        )
+        recorded.real.abort()  # a reset: the loss is handled before the held write's turn ends
+        out.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert recorded.writes == []
+
+    run(scenario)
+    assert errors == [], errors
+
+
+def test_writelines_keeps_the_order_of_a_held_write() -> None:
+    async def scenario(out: PairedWrites, recorded: Recorded, reader: Any) -> None:
+        out.write(b"head;")
+        out.writelines([b"one;", b"two"])
+        assert await reader.readexactly(12) == b"head;one;two"
+
+    run(scenario)
+
+
+def test_the_servers_protocol_sends_a_response_in_one_write() -> None:
+    """Our HTTP protocol (as Uvicorn's worker builds it) over a real socket, with a real app."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = [(b"content-length", b"11")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b'{"ok":true}'})
+
+    configured = http_protocol(
+        max_head_bytes=32 * 1024, head_timeout=10, max_body_wire_bytes=96 * 1024,
+        body_timeout=10, idle_grace=1,
+    )  # fmt: skip
+    recorded: list[Recorded] = []
+
+    class Watched(configured):  # type: ignore[misc, valid-type]
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            recorded.append(Recorded(transport))
+            super().connection_made(recorded[-1])
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        config = Config(app=app, http="httptools", ws="none", lifespan="off", access_log=False)
+        config.load()
+        state = StoppingState()
+        server = await loop.create_server(
+            lambda: Watched(config, state, {}, _loop=loop), "127.0.0.1", 0
+        )
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert await reader.readexactly(11) == b'{"ok":true}'
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
+    (connection,) = recorded
+    assert len(connection.writes) == 1, connection.writes
+    assert connection.writes[0].startswith(b"HTTP/1.1 200 OK") and connection.writes[0].endswith(
+        b'{"ok":true}'
+    )
