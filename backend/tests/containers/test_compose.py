@@ -26,6 +26,9 @@ from tests.support.container_engine import REPO, Engine, Images, checked, compos
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 
+# Compose commands that bring the project to the same state when run again (see checked()).
+CONVERGENT = ("up", "down", "ps", "port", "logs")
+
 
 @dataclass
 class Stack:
@@ -39,7 +42,14 @@ class Stack:
 
     def __call__(self, *args: str, timeout: float = 300, check: bool = True) -> str:
         command = [*self.compose, *args]
-        return checked(command, self.env, cwd=self.directory, timeout=timeout, check=check)
+        return checked(
+            command,
+            self.env,
+            cwd=self.directory,
+            timeout=timeout,
+            check=check,
+            again_on_exit_race=args[0] in CONVERGENT,
+        )
 
     def up(self) -> None:
         """`up -d` as the README says, then every API replica healthy."""
