@@ -3,25 +3,24 @@
 `make bench` reports the database's CPU for a whole run, in which PostgreSQL shares two cores with
 the servers and wrk. This measures it alone: one request after another on one connection each,
 the product's statements sent by its own unit of work and services (the row-level security
-settings, the statement timeout, an Idempotency-Key's kept answer), the floor's by psycopg2 as
-bench/floor.py sends them. It reads each PostgreSQL backend's CPU time from /proc, so the
+settings, the statement timeout, an Idempotency-Key's kept answer), the floor's by the floor's own
+database code in bench/floor.py. It reads each PostgreSQL backend's CPU time from /proc, so the
 database must run on this machine (Linux). From the repository root:
 
     backend/.venv/bin/python bench/pgcost.py [--requests 4000] [--rounds 3]
 """
 
 import argparse
+import os
 import statistics
 import sys
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import floor
 import procstat
-import psycopg2
 from database import BENCH_USER, BenchDatabase, server_url
 
 from todo_api.auth import Claims
@@ -33,9 +32,6 @@ from todo_api.tasks import service
 from todo_api.tasks.models import TaskCreate
 from todo_api.unit_of_work import UnitOfWork
 
-ROOT = Path(__file__).resolve().parent.parent
-TODO_API = ROOT / "backend" / ".venv" / "bin" / "todo-api"
-
 
 def backend_seconds(pid: int) -> float:
     """A PostgreSQL backend's user + system CPU so far."""
@@ -46,29 +42,20 @@ def backend_seconds(pid: int) -> float:
 
 
 class Floor:
-    """The floor's statements (bench/floor.py), as the server's superuser like the floor."""
+    """The floor's own database code (bench/floor.py), as the server's superuser like the floor."""
 
     def __init__(self, url: str, task_id: int) -> None:
-        self.conn = psycopg2.connect(url, options="-c timezone=UTC")
-        self.conn.autocommit = True
+        os.environ["DATABASE_URL"] = url  # floor.py's connection reads it
         self.task_id = task_id
 
-    def pid(self, _superuser: "Floor") -> int:
-        return int(self.conn.get_backend_pid())
+    def pid(self) -> int:
+        return int(floor._connection().get_backend_pid())
 
     def get(self) -> None:
-        with self.conn.cursor() as cur:
-            cur.execute(floor.GET_SQL, (self.task_id, BENCH_USER))
-            cur.fetchall()
+        floor._rows(floor.GET_SQL, (self.task_id, BENCH_USER))
 
     def create(self) -> None:
-        now = datetime.now(UTC)
-        with self.conn.cursor() as cur:
-            cur.execute("BEGIN")
-            cur.execute(floor.USER_SQL, (BENCH_USER,))
-            cur.execute(floor.CREATE_SQL, (BENCH_USER, "Benchmark task", now, now))
-            cur.fetchall()
-            cur.execute("COMMIT")
+        floor._create(BENCH_USER, "Benchmark task")
 
 
 class Product:
@@ -87,16 +74,17 @@ class Product:
         finally:
             work.close()
 
-    def pid(self, superuser: Floor) -> int:
+    def pid(self, db: BenchDatabase) -> int:
         """Its backend: one request after another keeps the pool at one connection."""
         self.get()
-        with superuser.conn.cursor() as cur:
+        with db.cursor() as cur:
             cur.execute(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                "AND application_name = 'todo-api'"
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s "
+                "AND application_name = 'todo-api'",
+                (db.name,),
             )
-            (pid,) = cur.fetchall()
-        return int(pid[0])
+            ((pid,),) = cur.fetchall()
+        return int(pid)
 
     def get(self) -> None:
         self._work(lambda work: service.get_task(work, task_id=self.task_id))
@@ -139,22 +127,16 @@ def main() -> int:
     db = BenchDatabase(server_url(args.database_url))
     db.create()
     try:
-        db.migrate(TODO_API)
+        # Run from the product's virtualenv (it imports todo_api): its todo-api is beside it.
+        db.migrate(Path(sys.executable).parent / "todo-api")
         seeded = db.seed()
-        superuser = Floor(db.url, seeded.first)
-        apps = {"floor": superuser, "product": Product(db.owner_url, seeded.first)}
-        pids = {name: app.pid(superuser) for name, app in apps.items()}
+        base, product = Floor(db.url, seeded.first), Product(db.owner_url, seeded.first)
+        pids = {"floor": base.pid(), "product": product.pid(db)}
         shapes = {
-            "get": {"floor": apps["floor"].get, "product": apps["product"].get},
-            "create": {
-                "floor": apps["floor"].create,
-                "product": apps["product"].create,
-            },
+            "get": {"floor": base.get, "product": product.get},
+            "create": {"floor": base.create, "product": product.create},
             # The floor ignores the key: it is the same create.
-            "create with an Idempotency-Key": {
-                "floor": apps["floor"].create,
-                "product": apps["product"].create_key,
-            },
+            "create with an Idempotency-Key": {"floor": base.create, "product": product.create_key},
         }
         print(f"{args.requests} requests per measurement, median of {args.rounds} rounds (µs)")
         print(
@@ -172,8 +154,8 @@ def main() -> int:
                 for name in ("floor", "product")
             )
             print(f"| {shape} | {fd:.0f} | {pd:.0f} | {pd / fd:.2f} | {fc:.0f} | {pc:.0f} |")
-        apps["product"].engine.dispose()
-        apps["floor"].conn.close()
+        product.engine.dispose()
+        floor._connection().close()
     finally:
         db.drop()
     return 0
