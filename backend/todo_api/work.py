@@ -10,7 +10,7 @@ refused before its route runs holds none).
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, cast
 
 from fastapi import Depends, HTTPException, Path, Request, Response, status
@@ -19,6 +19,7 @@ from fastapi.routing import APIRoute
 
 from todo_api.auth import PathUser, path_user
 from todo_api.conditional import PreconditionFailed, Version, etag, if_match
+from todo_api.direct import direct_handler
 from todo_api.idempotency import fingerprint, key_of
 from todo_api.state import app_state
 from todo_api.unit_of_work import UnitOfWork
@@ -57,7 +58,8 @@ class WorkRoute(APIRoute):
     """A route whose (plain `def`) endpoint closes the request's unit of work, its `work`
     parameter, when it returns: in the threadpool call that ran it, before the response is
     sent, so the connection never waits for a slow client. (A dependency with `yield` would do
-    the same in a teardown step that costs every request more.)"""
+    the same in a teardown step that costs every request more.) Its valid requests are solved
+    by the direct handler (todo_api/direct.py), the others by FastAPI's."""
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         closing = getattr(endpoint, "closes_work", False)
@@ -66,6 +68,12 @@ class WorkRoute(APIRoute):
                 raise TypeError(f"{endpoint.__name__}: a route with a unit of work is plain def")
             endpoint = _closing_work(endpoint)
         super().__init__(path, endpoint, **kwargs)
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        declared = super().get_route_handler()  # FastAPI's, for what the direct one cannot solve
+        if WORK_PARAMETER not in inspect.signature(self.endpoint).parameters:
+            return declared
+        return direct_handler(self.dependant, declared)
 
 
 def _closing_work(endpoint: Callable[..., Response]) -> Callable[..., Response]:
