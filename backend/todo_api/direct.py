@@ -15,6 +15,10 @@ A request it cannot solve (any invalid value, a body that is not plainly JSON) g
 FastAPI's own handler, which answers it as it always has: every 422, its order and its shape,
 and the OpenAPI document stay FastAPI's. A route whose parameters are of another kind is
 refused when it is declared, so the fast path never silently stops being taken.
+
+It relies on two names of FastAPI's beyond its documented API: the route's `Dependant` (its parsed
+declaration) and its fields' `validate`, which FastAPI's own solver calls. An upgrade that changes
+either fails tests/api/test_direct.py, which also checks every answer against FastAPI's handler.
 """
 
 import copy
@@ -27,6 +31,7 @@ from fastapi import params
 from fastapi.dependencies.models import Dependant
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -169,7 +174,12 @@ def _query_model(field: Any, request: Request) -> Any:
 
 
 async def _json_body(request: Request) -> Any:
-    raw = await request.body()
+    try:
+        raw = await request.body()
+    except HTTPException:
+        raise  # the request layer's refusal (401 before the body, 413), as FastAPI lets it out
+    except Exception:
+        raise Unsolved from None  # a body that cannot be read (the client left): FastAPI's 400
     if not raw:
         return _EMPTY
     content_type = request.headers.get("content-type", "")

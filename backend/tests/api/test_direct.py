@@ -7,7 +7,10 @@ served by FastAPI's handler alone. Every request, valid or not, gets the same an
 
 import copy
 import json
+import logging
 import re
+import socket
+import time
 from collections.abc import Iterator
 from typing import Annotated, Any
 
@@ -215,6 +218,27 @@ def test_any_request_answered_as_fastapi_does(
     url = httpx.URL(path, params=query)
     headers = {"content-type": content_type} if content_type else {}
     same_answer(servers, build(method, str(url), body.encode(), **headers))
+
+
+def test_a_body_cut_short_by_the_client_is_answered_as_fastapi_does(servers, caplog):
+    """The client leaves while its body is arriving: FastAPI's answer (a 400 nobody reads),
+    not the catch-all's 500 and its error log."""
+    product, _ = servers
+    head = (
+        f"POST {TASKS} HTTP/1.1\r\nHost: test\r\nAuthorization: {HEADERS['Authorization']}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    )
+    with caplog.at_level(logging.INFO, logger="todo_api"):
+        address = (product.base_url.host, product.base_url.port)
+        with socket.create_connection(address) as client:
+            client.sendall(head.encode() + b'{"title"')
+            time.sleep(0.1)
+        deadline = time.monotonic() + 10
+        while not (logged := [r for r in caplog.records if r.name == "todo_api.access"]):
+            assert time.monotonic() < deadline, "the request was never logged"
+            time.sleep(0.02)
+    assert [getattr(record, "status", None) for record in logged] == [400]
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
 
 
 def test_valid_requests_skip_fastapis_solver(servers, task_ids, monkeypatch):
