@@ -16,9 +16,10 @@ FastAPI's own handler, which answers it as it always has: every 422, its order a
 and the OpenAPI document stay FastAPI's. A route whose parameters are of another kind is
 refused when it is declared, so the fast path never silently stops being taken.
 
-It relies on two names of FastAPI's beyond its documented API: the route's `Dependant` (its parsed
-declaration) and its fields' `validate`, which FastAPI's own solver calls. An upgrade that changes
-either fails tests/api/test_direct.py, which also checks every answer against FastAPI's handler.
+It relies on names beyond FastAPI's and Starlette's documented API: the route's `Dependant` (its
+parsed declaration), its fields' `validate`, which FastAPI's own solver calls, and the attribute
+where Starlette's request keeps its parsed JSON body. An upgrade that changes any of them fails
+tests/api/test_direct.py, which also checks every answer against FastAPI's handler.
 """
 
 import copy
@@ -67,13 +68,15 @@ def direct_handler(dependant: Dependant, declared: Handler) -> Handler:
             if work_request is not None:
                 arguments[work_request] = request
             values = _path_values(path, path_params)
-            values[work_name] = await work_call(**arguments)
             if query is not None:
                 values[query.name] = _query_model(query, request)
             if body is not None:
                 values[body.name] = _body_value(body, content)
         except Unsolved:
             return await declared(request)
+        # Last, as the answer is the same either way (FastAPI's handler checks the token first):
+        # a request handed to FastAPI's handler has its token checked there, once.
+        values[work_name] = await work_call(**arguments)
         if request_name is not None:
             values[request_name] = request
         response = await run_in_threadpool(endpoint, **values)
@@ -186,9 +189,14 @@ async def _json_body(request: Request) -> Any:
     if content_type.partition(";")[0].strip().lower() != "application/json":
         raise Unsolved
     try:
-        return json.loads(raw)
+        content = json.loads(raw)
     except (ValueError, RecursionError):
         raise Unsolved from None
+    # Kept where Starlette's request keeps the body it parsed: FastAPI's handler, answering a
+    # request this one cannot solve, takes it from there instead of parsing it again (twice the
+    # work, and one call deeper: at the recursion limit a body could parse here and not there).
+    request._json = content
+    return content
 
 
 def _body_value(field: Any, content: Any) -> Any:

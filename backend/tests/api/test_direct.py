@@ -241,6 +241,27 @@ def test_a_body_cut_short_by_the_client_is_answered_as_fastapi_does(servers, cap
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
 
 
+def test_a_body_it_cannot_solve_is_parsed_once(servers, monkeypatch):
+    """FastAPI's handler takes the body the direct one parsed: a second parse would cost twice,
+    and run one call deeper (at the recursion limit, a body could parse once and not twice)."""
+    product, _ = servers
+    body = b'{"title": "", "parsed": "once"}'
+    parses = []
+    real = json.loads
+
+    def counting(text: str | bytes, **kwargs: Any) -> Any:
+        if text == body:
+            parses.append(text)
+        return real(text, **kwargs)
+
+    monkeypatch.setattr(json, "loads", counting)
+    headers = {**HEADERS, "content-type": "application/json"}
+    response = product.post(TASKS, content=body, headers=headers)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", "title"]
+    assert len(parses) == 1
+
+
 def test_valid_requests_skip_fastapis_solver(servers, task_ids, monkeypatch):
     """Each task route answers a valid request without FastAPI's parameter solver, and hands an
     invalid one to it."""
