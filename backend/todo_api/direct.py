@@ -46,7 +46,9 @@ class Unsolved(Exception):
 
 
 def direct_handler(dependant: Dependant, declared: Handler) -> Handler:
-    """`declared` (FastAPI's handler for the route), with valid requests solved directly."""
+    """`declared` (FastAPI's handler for the route), with valid requests solved directly.
+
+    The endpoint is plain `def` (WorkRoute refuses any other): it runs in the threadpool."""
     _require_supported(dependant)
     endpoint = dependant.call
     assert endpoint is not None
@@ -99,7 +101,6 @@ def _require_supported(dependant: Dependant) -> None:
             ("an embedded or form body", not _plain_bodies(dependant)),
             ("a dependency other than the unit of work", len(dependant.dependencies) != 1),
             ("a Response, BackgroundTasks or SecurityScopes parameter", _extras(dependant)),
-            ("an async endpoint", _is_async(dependant.call)),
         )
         if present
     ]

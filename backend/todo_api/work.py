@@ -71,8 +71,8 @@ class WorkRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         declared = super().get_route_handler()  # FastAPI's, for what the direct one cannot solve
-        if WORK_PARAMETER not in inspect.signature(self.endpoint).parameters:
-            return declared
+        if not getattr(self.endpoint, "closes_work", False):
+            return declared  # no unit of work (__init__ wrapped every endpoint that takes one)
         return direct_handler(self.dependant, declared)
 
 

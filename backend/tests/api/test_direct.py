@@ -302,3 +302,14 @@ def test_a_route_it_cannot_solve_is_refused_when_declared():
         @router.get("/api/{user_id}/things")
         def things(work: Work, x_thing: Annotated[str, Header()]) -> None:
             raise AssertionError("never called")
+
+
+def test_an_async_route_with_a_unit_of_work_is_refused_when_declared():
+    """The direct handler runs the endpoint in the threadpool: WorkRoute takes only plain def."""
+    router = APIRouter(route_class=WorkRoute)
+
+    with pytest.raises(TypeError, match="plain def"):
+
+        @router.get("/api/{user_id}/things")
+        async def things(work: Work) -> None:
+            raise AssertionError("never called")
