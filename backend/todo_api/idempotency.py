@@ -6,14 +6,16 @@ request's fingerprint and its answer (status, the headers that matter, body). A 
 ONE transaction of the request's unit of work (todo_api/unit_of_work.py), through a
 transaction-mode pooler (no session state, no advisory locks):
 
-1. Claim the key, the transaction's first statement: `INSERT ... ON CONFLICT DO NOTHING
-   RETURNING`. A new key is ours. A key that exists is read (no lock on it): its kept response
-   is replayed, or 422 when the key came with a different request; an expired one is taken
-   over (a conditional UPDATE) and is ours. A key claimed by a transaction still running is a
-   row held by it: neither statement waits for it more than a moment (`execute_unless_held`),
-   then the answer is 409 (also for a different request with that key: it cannot be compared
-   before the first commits; a retry then gets the 422).
-2. Do the work, then store its answer in the claimed row and COMMIT, in one round trip. A crash
+1. Claim the key: a plain INSERT, sent in the same round trip as the work's first statement
+   (`UnitOfWork.claim`), which runs only if the key is new. A key that exists (the INSERT's
+   unique violation) is read in a new transaction (no lock on it): its kept response is
+   replayed, or 422 when the key came with a different request; an expired one is taken over
+   (a conditional UPDATE) and is ours. A key claimed by a transaction still running is a row
+   held by it: neither statement waits for it more than a moment, then the answer is 409 (also
+   for a different request with that key: it cannot be compared before the first commits; a
+   retry then gets the 422).
+2. Do the work, then store its answer in the claimed row and COMMIT, in one round trip: a new
+   key costs one round trip more than the write alone, and a replay three. A crash
    or an error anywhere before the COMMIT leaves nothing at all, not even the claim: a retry
    does the work, once.
 
@@ -56,7 +58,7 @@ from todo_api.idempotency_table import (
     STORE,
     TAKE_OVER,
 )
-from todo_api.unit_of_work import RowHeld, UnitOfWork
+from todo_api.unit_of_work import RowExists, RowHeld, UnitOfWork
 
 REPLAYED = "Idempotent-Replayed"
 # Visible ASCII; HTTP itself drops the whitespace around a header value.
@@ -118,7 +120,7 @@ class _Kept:
     expires_at: datetime
 
 
-# _claim's answer for a key that vanished between two of its statements.
+# _kept's answer for a key that vanished since its claim failed, or between two statements.
 _GONE = _Kept("", None, None, None, datetime.min)
 
 
@@ -138,27 +140,34 @@ class IdempotencyKeys:
         action: Callable[[], Response],
     ) -> Response:
         """`action()`'s answer, or the answer kept from the first request with this key."""
-        for _attempt in range(3):
+        new = True  # first as a new key: the common case, and one round trip fewer
+        for _attempt in range(4):
             try:
                 with work.transaction():
                     now = utcnow()
-                    kept = self._claim(work, key, fingerprint, now)
+                    if new:
+                        work.claim(CLAIM, self._claimed(work, key, fingerprint, now))
+                        kept = None
+                    else:
+                        kept = self._kept(work, key, fingerprint, now)
                     response = self._answered(work, key, action) if kept is None else None
             except RowHeld:
                 raise _in_progress() from None
+            except RowExists:
+                new = False
+                continue
             if response is not None:
                 self._purge_some(work, now)
                 return response
             if kept is not None and kept is not _GONE:
                 return _answer_from(kept, fingerprint)
-            # Expired and purged (or taken over) between two statements: claim again.
-        raise _in_progress()  # not reached in practice: three rows vanished in a row
+            new = True  # expired and purged (or taken over) since the claim: claim again
+        raise _in_progress()  # not reached in practice: the key came and went twice in a row
 
-    def _claim(self, work: UnitOfWork, key: str, fingerprint: str, now: datetime) -> _Kept | None:
-        """None once the key is ours (new, or expired and taken over); otherwise what it holds
-        (or _GONE). Neither statement waits for a key another request holds (RowHeld)."""
-        this_key = {"owner_id": work.owner_id, "idempotency_key": key}
-        values = {
+    def _claimed(
+        self, work: UnitOfWork, key: str, fingerprint: str, now: datetime
+    ) -> dict[str, object]:
+        return {
             "user_id": work.owner_id,
             "key": key,
             "fingerprint": fingerprint,
@@ -166,8 +175,11 @@ class IdempotencyKeys:
             "created_at": now,
             "expires_at": now + self.ttl,
         }
-        if work.execute_unless_held(CLAIM[work.dialect_name], values).first() is not None:
-            return None
+
+    def _kept(self, work: UnitOfWork, key: str, fingerprint: str, now: datetime) -> _Kept | None:
+        """What an existing key holds (or _GONE), or None once it is ours (it had expired and
+        is taken over, without waiting for another request holding it: RowHeld)."""
+        this_key = {"owner_id": work.owner_id, "idempotency_key": key}
         row = work.execute(KEPT, this_key).first()
         if row is None:
             return _GONE

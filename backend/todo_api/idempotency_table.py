@@ -22,7 +22,6 @@ from sqlalchemy import (
     select,
     tuple_,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, SQLModel
 
 from todo_api.db import UtcDateTime
@@ -89,16 +88,9 @@ PURGE = {
     "postgresql": _purge(EXPIRED.with_for_update(skip_locked=True)),
     "sqlite": _purge(EXPIRED),  # no row locks: its writers take turns
 }
-# A new key: ours. DO NOTHING rather than DO UPDATE: a key that exists is read (a replay takes no
-# lock on it), and taken over only if it has expired (TAKE_OVER).
-CLAIM = {
-    dialect.dialect.name: Prepared(
-        dialect.insert(_keys)
-        .on_conflict_do_nothing(index_elements=[_k.user_id, _k.key])
-        .returning(_k.claim)
-    )
-    for dialect in (postgresql, sqlite)
-}
+# A new key: ours (UnitOfWork.claim). A key that exists fails it (a unique violation), and is read
+# (a replay takes no lock on it), then taken over only if it has expired (TAKE_OVER).
+CLAIM = Prepared(_keys.insert())
 TAKE_OVER = Prepared(
     _keys.update()
     .where(_THIS_KEY & (_k.expires_at <= bindparam("now")))

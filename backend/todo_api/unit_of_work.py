@@ -11,7 +11,8 @@
   SQLAlchemy's execution.
 - `execute_unless_held` runs a statement that gives up (`RowHeld`) rather than wait more than a
   moment for a row another transaction holds: an Idempotency-Key claimed by a request still
-  running.
+  running. `claim` inserts such a row ahead of the work it guards, in the same round trip as
+  the work's first statement, which then raises `RowExists` or `RowHeld` instead of running.
 """
 
 from collections.abc import Iterator, Mapping
@@ -21,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 # psycopg2 ships no type hints (and types-psycopg2 is not a dependency): its names are Any here.
 import psycopg2  # type: ignore[import-untyped]
 import psycopg2.extensions  # type: ignore[import-untyped]
-from sqlalchemy import Connection, Engine, Executable
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy import Connection, Engine, Executable, Insert
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from todo_api.driver import StatementConnection, guard
 from todo_api.statements import DML, DriverRows, Prepared, Rows, in_utc_rows
@@ -40,16 +41,31 @@ HELD_WAIT_MS = 100
 _NO_WAIT = f"SET LOCAL lock_timeout = {HELD_WAIT_MS};".encode()
 _WAIT_AGAIN = b"SET LOCAL lock_timeout = DEFAULT;"
 _LOCK_NOT_AVAILABLE = "55P03"
+_UNIQUE_VIOLATION = "23505"
 
 
 class RowHeld(Exception):
-    """`execute_unless_held`'s statement met a row another transaction holds."""
+    """`execute_unless_held`'s statement, or a claim, met a row another transaction holds."""
+
+
+class RowExists(Exception):
+    """A claim's row is there already (committed by another transaction)."""
 
 
 class UnitOfWork:
     """One request's database work, as its owner (see the module's docstring)."""
 
-    __slots__ = ("_at_commit", "_conn", "_dbapi", "_in_transaction", "_settings", "engine", "owner")
+    __slots__ = (
+        "_at_commit",
+        "_before_claim",
+        "_claiming",
+        "_conn",
+        "_dbapi",
+        "_in_transaction",
+        "_settings",
+        "engine",
+        "owner",
+    )
 
     def __init__(self, engine: Engine, owner: "Claims") -> None:
         self.engine = engine
@@ -59,6 +75,9 @@ class UnitOfWork:
         self._settings = b""
         self._in_transaction = False
         self._at_commit = b""
+        # While a claim waits for the next statement: its table's name, and the prefix before it.
+        self._claiming: str | None = None
+        self._before_claim: bytes | None = b""
 
     @property
     def owner_id(self) -> str:
@@ -73,11 +92,65 @@ class UnitOfWork:
     ) -> Rows:
         """Run one statement as the owner (in the transaction, inside `transaction()`)."""
         conn = self._connection()
-        if not isinstance(statement, Prepared):
-            return conn.execute(statement, parameters)
-        if isinstance(self._dbapi, StatementConnection):
-            return self._on_driver(conn, statement, parameters or {})
-        return conn.execute(statement.statement, parameters)
+        with self._claim_answered():
+            if not isinstance(statement, Prepared):
+                return conn.execute(statement, parameters)
+            if isinstance(self._dbapi, StatementConnection):
+                return self._on_driver(conn, statement, parameters or {})
+            return conn.execute(statement.statement, parameters)
+
+    def claim(self, statement: Prepared[Insert], parameters: Mapping[str, Any]) -> None:
+        """Inside `transaction()`: insert the row that makes this transaction the holder of
+        something (an Idempotency-Key), before the work it guards, in the same round trip as
+        the work's first statement (on PostgreSQL).
+
+        That statement (or the COMMIT, if none comes) raises instead of answering, and has not
+        run (PostgreSQL skips the rest of a query string after an error): RowExists when the row
+        is there already, RowHeld when another transaction holds it more than HELD_WAIT_MS (the
+        waits of `execute_unless_held`). SQLite runs the claim at once (its writers take turns,
+        so it never meets a held row), with the same exceptions.
+        """
+        if not self._in_transaction:
+            raise RuntimeError("claim belongs in a transaction")
+        conn = self._connection()
+        table = statement.statement.table
+        dbapi = self._dbapi
+        if not isinstance(dbapi, StatementConnection):
+            try:
+                conn.execute(statement.statement, parameters)
+            except IntegrityError as error:
+                raise RowExists from error
+            return
+        compiled = statement.compiled(self.engine.dialect, parameters)
+        with dbapi.cursor() as cursor:
+            sql = cursor.mogrify(compiled.string, compiled.construct_params(parameters))
+        self._before_claim = dbapi.prefix
+        dbapi.prefix = (dbapi.prefix or b"") + self._unless_held(table) + sql + b";" + _WAIT_AGAIN
+        self._claiming = table.name
+
+    @contextmanager
+    def _claim_answered(self) -> Iterator[None]:
+        """Around a statement: if a claim goes with it, the claim's failures as RowHeld and
+        RowExists (a lock timeout can only be the claim's: the rest waits as usual)."""
+        table, self._claiming = self._claiming, None
+        if table is None:
+            yield
+            return
+        try:
+            yield
+        except DBAPIError as error:
+            code = getattr(error.orig, "pgcode", None)
+            if code == _LOCK_NOT_AVAILABLE:
+                raise RowHeld from error
+            if code == _UNIQUE_VIOLATION and _table_of(error) == table:
+                raise RowExists from error
+            raise
+
+    def _unless_held(self, table: Any) -> bytes:
+        # The table's own lock first, waited for as any statement does (a migration altering
+        # it delays the write rather than failing it); then no more than a moment for a row.
+        name = self.engine.dialect.identifier_preparer.format_table(table)
+        return f"LOCK TABLE {name} IN ROW EXCLUSIVE MODE;".encode() + _NO_WAIT
 
     def execute_unless_held(self, statement: Prepared[DML], parameters: Mapping[str, Any]) -> Rows:
         """Inside `transaction()`: run one write that raises RowHeld instead of waiting more
@@ -95,11 +168,10 @@ class UnitOfWork:
         dbapi = self._dbapi
         if not isinstance(dbapi, StatementConnection):
             return conn.execute(statement.statement, parameters)
-        table = self.engine.dialect.identifier_preparer.format_table(statement.statement.table)
-        lock = f"LOCK TABLE {table} IN ROW EXCLUSIVE MODE;".encode()
-        dbapi.prefix = (dbapi.prefix or b"") + lock + _NO_WAIT
+        dbapi.prefix = (dbapi.prefix or b"") + self._unless_held(statement.statement.table)
         try:
-            rows = self._on_driver(conn, statement, parameters)
+            with self._claim_answered():
+                rows = self._on_driver(conn, statement, parameters)
         except OperationalError as error:
             if getattr(error.orig, "pgcode", None) == _LOCK_NOT_AVAILABLE:
                 raise RowHeld from error
@@ -113,9 +185,11 @@ class UnitOfWork:
         COMMIT's). Dropped if the block raises."""
         if not self._in_transaction:
             raise RuntimeError("execute_with_commit belongs in a transaction")
-        conn = self._connection()
-        if not isinstance(self._dbapi, StatementConnection):
-            conn.execute(statement.statement, parameters)
+        self._connection()
+        if not isinstance(self._dbapi, StatementConnection) or self._claiming is not None:
+            # A claim that no statement has carried yet goes with this one, now: its answer
+            # must be known before the COMMIT.
+            self.execute(statement, parameters)
             return
         compiled = statement.compiled(self.engine.dialect, parameters)
         with self._dbapi.cursor() as cursor:
@@ -124,7 +198,9 @@ class UnitOfWork:
 
     def exec_driver_sql(self, sql: str, parameters: Any = None) -> Rows:
         """A statement as the driver takes it (its own placeholders), as the owner too."""
-        return self._connection().exec_driver_sql(sql, parameters)
+        conn = self._connection()
+        with self._claim_answered():
+            return conn.exec_driver_sql(sql, parameters)
 
     def _on_driver(
         self, conn: Connection, prepared: Prepared[Any], parameters: Mapping[str, Any]
@@ -173,8 +249,16 @@ class UnitOfWork:
         self._in_transaction = True
         try:
             yield
+            if self._claiming is not None:
+                # No statement of the block carried the claim: it goes on its own, so that it
+                # fails as a claim, not as the COMMIT (which would drop the connection).
+                self.exec_driver_sql("SELECT 1")
         except BaseException:
             self._at_commit = b""
+            if self._claiming is not None:
+                # Never sent: the ROLLBACK goes without it.
+                self._claiming = None
+                self._dbapi.prefix = self._before_claim
             self._end("ROLLBACK", raising=False)
             raise
         self._end("COMMIT", raising=True)
@@ -195,6 +279,7 @@ class UnitOfWork:
         finally:
             self._in_transaction = False
             self._at_commit = b""
+            self._claiming = None
             if isinstance(self._dbapi, StatementConnection) and not self._dbapi.closed:
                 self._dbapi.prefix = self._dbapi.then = self._settings
 
@@ -239,6 +324,10 @@ class UnitOfWork:
             conn.invalidate()
         guard(dbapi)
         conn.close()
+
+
+def _table_of(error: DBAPIError) -> str | None:
+    return getattr(getattr(error.orig, "diag", None), "table_name", None)
 
 
 def _left_mid_transaction(dbapi: Any) -> bool:

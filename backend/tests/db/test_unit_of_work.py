@@ -25,13 +25,14 @@ from tests.support import PostgresServer, as_app_role, settings_for
 from tests.support.retries import new_key
 from todo_api.auth import Claims
 from todo_api.db import create_db_engine, normalise_url
+from todo_api.driver import StatementCursor
 from todo_api.idempotency import IdempotencyKeys
-from todo_api.idempotency_table import CLAIM, IdempotencyKey
+from todo_api.idempotency_table import CLAIM, KEPT, IdempotencyKey
 from todo_api.migrate import migrate
 from todo_api.statements import DriverRows, Prepared
 from todo_api.tasks import service
 from todo_api.tasks.models import TaskCreate, User
-from todo_api.unit_of_work import HELD_WAIT_MS, RowHeld, UnitOfWork
+from todo_api.unit_of_work import HELD_WAIT_MS, RowExists, RowHeld, UnitOfWork
 
 OWNER = "zoe"
 # Far from UTC, and not by whole hours: a timestamp left in it renders as +13:45.
@@ -176,7 +177,9 @@ def test_a_claim_does_not_wait_for_a_key_another_request_holds(
     seen: list[int] = []
 
     def first() -> Response:
-        # The first request's claim is written, not committed: a duplicate now gets 409 at once.
+        # The work's first statement carries the claim: written, not committed, and a duplicate
+        # now gets 409 at once.
+        work.exec_driver_sql("SELECT 1")
         started = time.monotonic()
         with unit_of_work(engine) as duplicate, pytest.raises(HTTPException) as refused:
             KEYS.run(duplicate, key=key, fingerprint="f", action=lambda: answer("twice"))
@@ -233,6 +236,124 @@ def test_the_work_after_a_claim_waits_for_locks_as_usual(work: UnitOfWork) -> No
     assert work.execute(LOCK_TIMEOUT, {}).first() == ("0",)
     with pytest.raises(RuntimeError, match="belongs in a transaction"):
         work.execute_unless_held(LOCK_TIMEOUT, {})
+
+
+def claim_of(key: str, owner: str = OWNER) -> dict[str, object]:
+    now = datetime.now(UTC)
+    return {
+        "user_id": owner,
+        "key": key,
+        "fingerprint": "f",
+        "claim": "",
+        "created_at": now,
+        "expires_at": now + timedelta(minutes=1),
+    }
+
+
+def key_rows(engine: sa.Engine, key: str) -> int:
+    with unit_of_work(engine) as reading:
+        return len(list(reading.execute(KEPT, {"owner_id": OWNER, "idempotency_key": key})))
+
+
+@contextmanager
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
+    """The query strings sent to PostgreSQL in the block, one per round trip."""
+    sent: list[bytes] = []
+    execute = StatementCursor.execute
+
+    def counted(cursor: StatementCursor, query: object, vars: object = None) -> None:
+        execute(cursor, query, vars)
+        sent.append(cursor.query)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(StatementCursor, "execute", counted)
+        yield sent
+
+
+def test_a_keyed_write_is_one_round_trip_more_than_the_write(
+    work: UnitOfWork, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim goes with the work's first statement, the kept answer with the COMMIT (three
+    round trips before: the claim had one of its own)."""
+
+    def rename() -> Response:
+        work.execute(LOCK_TIMEOUT, {})
+        return answer("renamed")
+
+    with round_trips(monkeypatch) as sent:
+        assert KEYS.run(work, key=new_key(), fingerprint="f", action=rename).status_code == 201
+    # Every PURGE_EVERY-th keyed write then purges, after its COMMIT.
+    sent = [query for query in sent if b"DELETE FROM idempotency_keys" not in query]
+    assert len(sent) == 2, sent
+    assert b"INSERT INTO idempotency_keys" in sent[0] and b"UPDATE users" in sent[0]
+    assert sent[1].startswith(b"UPDATE idempotency_keys") and sent[1].endswith(b"COMMIT")
+
+
+def test_the_statement_after_a_claim_on_an_existing_row_never_runs(
+    work: UnitOfWork, engine: sa.Engine
+) -> None:
+    key = new_key()
+    with work.transaction():
+        work.claim(CLAIM, claim_of(key))
+    add = Prepared(sa.insert(USERS))
+    with pytest.raises(RowExists), work.transaction():
+        work.claim(CLAIM, claim_of(key))
+        work.execute(add, {"id": OWNER + "-never"})
+    # The connection is fine (the failed claim only ended its transaction), the user not added.
+    assert work.execute(sa.select(USERS.c.id).where(USERS.c.id == OWNER + "-never")).all() == []
+    assert key_rows(engine, key) == 1
+
+
+def test_a_claim_does_not_wait_for_a_row_another_transaction_holds(
+    work: UnitOfWork, engine: sa.Engine
+) -> None:
+    key = new_key()
+    with unit_of_work(engine) as holder, holder.transaction():
+        holder.claim(CLAIM, claim_of(key))
+        holder.exec_driver_sql("SELECT 1")  # sent: the row is held until this block ends
+        started = time.monotonic()
+        with pytest.raises(RowHeld), work.transaction():
+            work.claim(CLAIM, claim_of(key))
+            work.exec_driver_sql("SELECT 1")
+        assert time.monotonic() - started < 2
+    assert key_rows(engine, key) == 1
+
+
+def test_the_work_after_a_claim_waits_for_locks_as_usual_in_the_same_round_trip(
+    work: UnitOfWork,
+) -> None:
+    with work.transaction():
+        work.claim(CLAIM, claim_of(new_key()))
+        assert work.execute(LOCK_TIMEOUT, {}).first() == ("0",)
+
+
+def test_a_claim_that_no_statement_carried_is_sent_before_the_commit(
+    work: UnitOfWork, engine: sa.Engine
+) -> None:
+    """Alone: it fails as a claim, and the connection stays (a COMMIT's error drops it)."""
+    key = new_key()
+    with work.transaction():
+        work.claim(CLAIM, claim_of(key))
+    assert key_rows(engine, key) == 1
+    with pytest.raises(RowExists), work.transaction():
+        work.claim(CLAIM, claim_of(key))
+    with pytest.raises(RowExists), work.transaction():
+        work.claim(CLAIM, claim_of(key))
+        work.execute_with_commit(LOCK_TIMEOUT, {})
+    assert work.execute(LOCK_TIMEOUT, {}).first() == ("0",)  # the same connection, still fine
+    with pytest.raises(RuntimeError, match="belongs in a transaction"):
+        work.claim(CLAIM, claim_of(key))
+
+
+def test_a_claim_dropped_with_its_block_is_never_sent(
+    work: UnitOfWork, engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = new_key()
+    with round_trips(monkeypatch) as sent, pytest.raises(ZeroDivisionError), work.transaction():
+        work.claim(CLAIM, claim_of(key))
+        raise ZeroDivisionError
+    assert not any(b"idempotency_keys" in query for query in sent), sent
+    assert key_rows(engine, key) == 0
 
 
 def test_a_statement_sent_with_the_commit_is_committed_with_it_or_dropped(
@@ -309,19 +430,18 @@ def test_a_purging_write_never_holds_another_users_expired_key(
 
 
 def test_a_replay_holds_no_lock_on_its_key(work: UnitOfWork, engine: sa.Engine) -> None:
-    """Replays of a finished key run side by side: a claim that finds the key committed does
-    not lock its row (before, one replay inside its transaction made the next wait, then 409)."""
+    """Replays of a finished key run side by side: reading the key takes no lock on its row
+    (before, one replay inside its transaction made the next wait, then 409)."""
     key = new_key()
     assert (
         KEYS.run(work, key=key, fingerprint="f", action=lambda: answer("once")).status_code == 201
     )
+    with unit_of_work(engine) as replaying, replaying.transaction(), pytest.raises(RowExists):
+        # A replay's claim fails first (its transaction ends there), then it reads the key.
+        replaying.claim(CLAIM, claim_of(key))
+        replaying.execute(LOCK_TIMEOUT, {})
     with unit_of_work(engine) as replaying, replaying.transaction():
-        claim = {"user_id": OWNER, "key": key, "fingerprint": "f", "claim": ""}
-        now = datetime.now(UTC)
-        claimed = replaying.execute_unless_held(
-            CLAIM["postgresql"], {**claim, "created_at": now, "expires_at": now}
-        )
-        assert claimed.first() is None  # found, not ours
+        assert replaying.execute(KEPT, {"owner_id": OWNER, "idempotency_key": key}).first()
         # Meanwhile another replay of the same key.
         replay = KEYS.run(work, key=key, fingerprint="f", action=lambda: answer("twice"))
     assert replay.body == b'{"done":"once"}' and replay.headers["idempotent-replayed"] == "true"
