@@ -15,7 +15,8 @@ transaction-mode pooler (no session state, no advisory locks):
    for a different request with that key: it cannot be compared before the first commits; a
    retry then gets the 422).
 2. Do the work, then store its answer in the claimed row and COMMIT, in one round trip: a new
-   key costs one round trip more than the write alone, and a replay three. A crash
+   key costs one round trip more than the write alone. A replay costs four: the failed claim,
+   its ROLLBACK, the read and its COMMIT (retries are rare; new keys are not). A crash
    or an error anywhere before the COMMIT leaves nothing at all, not even the claim: a retry
    does the work, once.
 

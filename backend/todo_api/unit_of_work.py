@@ -104,11 +104,12 @@ class UnitOfWork:
         something (an Idempotency-Key), before the work it guards, in the same round trip as
         the work's first statement (on PostgreSQL).
 
-        That statement (or the COMMIT, if none comes) raises instead of answering, and has not
-        run (PostgreSQL skips the rest of a query string after an error): RowExists when the row
+        That statement raises instead of answering, and has not run (PostgreSQL skips the rest
+        of a query string after an error): RowExists when the row
         is there already, RowHeld when another transaction holds it more than HELD_WAIT_MS (the
         waits of `execute_unless_held`). SQLite runs the claim at once (its writers take turns,
-        so it never meets a held row), with the same exceptions.
+        so it never meets a held row), with the same exceptions. A claim that no statement of
+        the block carries is sent on its own before the COMMIT.
         """
         if not self._in_transaction:
             raise RuntimeError("claim belongs in a transaction")
