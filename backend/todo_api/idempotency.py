@@ -8,7 +8,8 @@ transaction-mode pooler (no session state, no advisory locks):
 
 1. Claim the key: a plain INSERT, sent in the same round trip as the work's first statement
    (`UnitOfWork.claim`), which runs only if the key is new. A key that exists (the INSERT's
-   unique violation) is read in a new transaction (no lock on it): its kept response is
+   unique violation, which leaves a dead row version for VACUUM, as any failed insert) is read
+   in a new transaction (no lock on it): its kept response is
    replayed, or 422 when the key came with a different request; an expired one is taken over
    (a conditional UPDATE) and is ours. A key claimed by a transaction still running is a row
    held by it: neither statement waits for it more than a moment, then the answer is 409 (also

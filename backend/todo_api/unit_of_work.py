@@ -58,6 +58,7 @@ class UnitOfWork:
     __slots__ = (
         "_at_commit",
         "_before_claim",
+        "_claim_prefix",
         "_claiming",
         "_conn",
         "_dbapi",
@@ -75,8 +76,10 @@ class UnitOfWork:
         self._settings = b""
         self._in_transaction = False
         self._at_commit = b""
-        # While a claim waits for the next statement: its table's name, and the prefix before it.
+        # A claim not yet answered: its table's name; the prefix that carries it, and the one
+        # before it (put back if the transaction ends before the prefix is sent).
         self._claiming: str | None = None
+        self._claim_prefix: bytes | None = None
         self._before_claim: bytes | None = b""
 
     @property
@@ -113,6 +116,8 @@ class UnitOfWork:
         """
         if not self._in_transaction:
             raise RuntimeError("claim belongs in a transaction")
+        if self._claim_prefix is not None:
+            raise RuntimeError("a transaction holds one claim")
         conn = self._connection()
         table = statement.statement.table
         dbapi = self._dbapi
@@ -127,12 +132,14 @@ class UnitOfWork:
             sql = cursor.mogrify(compiled.string, compiled.construct_params(parameters))
         self._before_claim = dbapi.prefix
         dbapi.prefix = (dbapi.prefix or b"") + self._unless_held(table) + sql + b";" + _WAIT_AGAIN
+        self._claim_prefix = dbapi.prefix
         self._claiming = table.name
 
     @contextmanager
     def _claim_answered(self) -> Iterator[None]:
         """Around a statement: if a claim goes with it, the claim's failures as RowHeld and
-        RowExists (a lock timeout can only be the claim's: the rest waits as usual)."""
+        RowExists. A lock timeout is the claim's when PostgreSQL's context names its table (the
+        statements after it time out only under a server-wide lock_timeout: their own error)."""
         table, self._claiming = self._claiming, None
         if table is None:
             yield
@@ -141,7 +148,7 @@ class UnitOfWork:
             yield
         except DBAPIError as error:
             code = getattr(error.orig, "pgcode", None)
-            if code == _LOCK_NOT_AVAILABLE:
+            if code == _LOCK_NOT_AVAILABLE and _waited_on(error, table):
                 raise RowHeld from error
             if code == _UNIQUE_VIOLATION and _table_of(error) == table:
                 raise RowExists from error
@@ -256,9 +263,9 @@ class UnitOfWork:
                 self.exec_driver_sql("SELECT 1")
         except BaseException:
             self._at_commit = b""
-            if self._claiming is not None:
-                # Never sent: the ROLLBACK goes without it.
-                self._claiming = None
+            if self._claim_prefix is not None and self._dbapi.prefix is self._claim_prefix:
+                # Never sent (the block raised first, or its statement failed before it went
+                # out): the ROLLBACK goes without it.
                 self._dbapi.prefix = self._before_claim
             self._end("ROLLBACK", raising=False)
             raise
@@ -280,7 +287,7 @@ class UnitOfWork:
         finally:
             self._in_transaction = False
             self._at_commit = b""
-            self._claiming = None
+            self._claiming = self._claim_prefix = None
             if isinstance(self._dbapi, StatementConnection) and not self._dbapi.closed:
                 self._dbapi.prefix = self._dbapi.then = self._settings
 
@@ -291,11 +298,16 @@ class UnitOfWork:
         try:
             with self._dbapi.cursor() as cursor:
                 cursor.execute(self._at_commit + statement.encode())
+                ended = cursor.statusmessage
         except psycopg2.Error as error:
             conn.invalidate(error)
             raise DBAPIError.instance(
                 statement, None, error, psycopg2.Error, connection_invalidated=True
             ) from error
+        if ended != statement:
+            # PostgreSQL answers a COMMIT of a failed transaction with ROLLBACK, and no error:
+            # a block that caught a statement's error must not pass for committed.
+            raise RuntimeError(f"{statement} ended the transaction with {ended}")
 
     def _connection(self) -> Connection:
         conn = self._conn
@@ -329,6 +341,13 @@ class UnitOfWork:
 
 def _table_of(error: DBAPIError) -> str | None:
     return getattr(getattr(error.orig, "diag", None), "table_name", None)
+
+
+def _waited_on(error: DBAPIError, table: str) -> bool:
+    # "while inserting index tuple (0,2) in relation "idempotency_keys_pkey"" (in the server's
+    # language): the relation's name is all that is read. No context: nothing to tell it by.
+    context = getattr(getattr(error.orig, "diag", None), "context", None)
+    return context is None or table in context
 
 
 def _left_mid_transaction(dbapi: Any) -> bool:

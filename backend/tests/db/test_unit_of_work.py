@@ -8,6 +8,7 @@
   for a key that another request holds (`execute_unless_held`).
 """
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import sqlalchemy as sa
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.exc import DataError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError, ProgrammingError
 
 from tests.support import PostgresServer, as_app_role, settings_for
 from tests.support.retries import new_key
@@ -343,6 +344,56 @@ def test_a_claim_that_no_statement_carried_is_sent_before_the_commit(
     assert work.execute(LOCK_TIMEOUT, {}).first() == ("0",)  # the same connection, still fine
     with pytest.raises(RuntimeError, match="belongs in a transaction"):
         work.claim(CLAIM, claim_of(key))
+    with pytest.raises(RuntimeError, match="one claim"), work.transaction():
+        work.claim(CLAIM, claim_of(new_key()))
+        work.claim(CLAIM, claim_of(new_key()))
+
+
+def test_the_errors_of_the_statement_after_a_claim_stay_its_own(
+    work: UnitOfWork, engine: sa.Engine
+) -> None:
+    """Only the claim's failures are RowExists and RowHeld: the work's own unique violation,
+    and its own lock timeout (under a lock_timeout of its own, or the server's), are not."""
+    key = new_key()
+    with pytest.raises(IntegrityError), work.transaction():
+        work.claim(CLAIM, claim_of(key))
+        work.execute(Prepared(sa.insert(USERS)), {"id": OWNER})  # OWNER's row exists
+    with unit_of_work(engine) as holder, holder.transaction():
+        holder.execute(LOCK_TIMEOUT, {})  # holds OWNER's row
+        with pytest.raises(OperationalError, match="lock timeout"), work.transaction():
+            work.claim(CLAIM, claim_of(key))
+            work.exec_driver_sql(
+                "SET LOCAL lock_timeout = 50; UPDATE users SET name = name WHERE id = %(id)s",
+                {"id": OWNER},
+            )
+    assert key_rows(engine, key) == 0
+
+
+def test_a_statement_that_fails_before_it_is_sent_takes_its_claim_back(
+    work: UnitOfWork, engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver refuses a parameter before sending anything: the claim stays unsent, and the
+    ROLLBACK goes without it (before, it went with the ROLLBACK, and was run)."""
+    key = new_key()
+    with round_trips(monkeypatch) as sent, pytest.raises(ProgrammingError), work.transaction():
+        work.claim(CLAIM, claim_of(key))
+        work.execute(Prepared(sa.text("SELECT :x")), {"x": object()})
+    assert not any(b"idempotency_keys" in query for query in sent), sent
+    assert key_rows(engine, key) == 0
+    assert work.execute(LOCK_TIMEOUT, {}).first() == ("0",)
+
+
+def test_a_commit_after_a_caught_error_is_refused(work: UnitOfWork) -> None:
+    """PostgreSQL answers the COMMIT of a failed transaction with ROLLBACK and no error: a
+    block that caught a statement's error must not pass for committed."""
+    task = service.create_task(work, data=TaskCreate(title="kept"))
+    rename = Prepared(sa.text("UPDATE tasks SET title = :title WHERE id = :id"))
+    refused = pytest.raises(RuntimeError, match="COMMIT ended the transaction with ROLLBACK")
+    with refused, work.transaction():
+        work.execute(rename, {"title": "lost", "id": task["id"]})
+        with contextlib.suppress(DataError):
+            work.execute(Prepared(sa.text("SELECT 1 / (:zero)::int")), {"zero": 0})
+    assert service.get_task(work, task_id=task["id"])["title"] == "kept"
 
 
 def test_a_claim_dropped_with_its_block_is_never_sent(
@@ -436,7 +487,7 @@ def test_a_replay_holds_no_lock_on_its_key(work: UnitOfWork, engine: sa.Engine) 
     assert (
         KEYS.run(work, key=key, fingerprint="f", action=lambda: answer("once")).status_code == 201
     )
-    with unit_of_work(engine) as replaying, replaying.transaction(), pytest.raises(RowExists):
+    with unit_of_work(engine) as replaying, pytest.raises(RowExists), replaying.transaction():
         # A replay's claim fails first (its transaction ends there), then it reads the key.
         replaying.claim(CLAIM, claim_of(key))
         replaying.execute(LOCK_TIMEOUT, {})
