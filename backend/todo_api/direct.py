@@ -191,7 +191,7 @@ async def _json_body(request: Request) -> Any:
         raise Unsolved from None  # a body that cannot be read (the client left): FastAPI's 400
     if not raw:
         return _EMPTY
-    content_type = request.headers.get("content-type", "")
+    content_type = headers.get("content-type", "")
     if content_type.partition(";")[0].strip().lower() != "application/json":
         raise Unsolved
     try:

@@ -17,6 +17,7 @@
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 # psycopg2 ships no type hints (and types-psycopg2 is not a dependency): its names are Any here.
@@ -52,14 +53,19 @@ class RowExists(Exception):
     """A claim's row is there already (committed by another transaction)."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    table: str  # its table's name, which its failures name
+    prefix: bytes  # the connection's prefix that carries it: sent once the prefix is gone
+    before: bytes | None  # the prefix before it, for a ROLLBACK that must go without it
+
+
 class UnitOfWork:
     """One request's database work, as its owner (see the module's docstring)."""
 
     __slots__ = (
         "_at_commit",
-        "_before_claim",
-        "_claim_prefix",
-        "_claiming",
+        "_claim",
         "_conn",
         "_dbapi",
         "_in_transaction",
@@ -76,11 +82,7 @@ class UnitOfWork:
         self._settings = b""
         self._in_transaction = False
         self._at_commit = b""
-        # A claim not yet answered: its table's name; the prefix that carries it, and the one
-        # before it (put back if the transaction ends before the prefix is sent).
-        self._claiming: str | None = None
-        self._claim_prefix: bytes | None = None
-        self._before_claim: bytes | None = b""
+        self._claim: _Claim | None = None  # the transaction's claim (see claim())
 
     @property
     def owner_id(self) -> str:
@@ -116,7 +118,7 @@ class UnitOfWork:
         """
         if not self._in_transaction:
             raise RuntimeError("claim belongs in a transaction")
-        if self._claim_prefix is not None:
+        if self._claim is not None:
             raise RuntimeError("a transaction holds one claim")
         conn = self._connection()
         table = statement.statement.table
@@ -130,27 +132,34 @@ class UnitOfWork:
         compiled = statement.compiled(self.engine.dialect, parameters)
         with dbapi.cursor() as cursor:
             sql = cursor.mogrify(compiled.string, compiled.construct_params(parameters))
-        self._before_claim = dbapi.prefix
-        dbapi.prefix = (dbapi.prefix or b"") + self._unless_held(table) + sql + b";" + _WAIT_AGAIN
-        self._claim_prefix = dbapi.prefix
-        self._claiming = table.name
+        before = dbapi.prefix
+        dbapi.prefix = (before or b"") + self._unless_held(table) + sql + b";" + _WAIT_AGAIN
+        self._claim = _Claim(table.name, dbapi.prefix, before)
+
+    def _unsent_claim(self) -> _Claim | None:
+        """The transaction's claim while no statement has carried it: it is still at the start
+        of the connection's prefix (which the driver empties once it sends it)."""
+        claim = self._claim
+        if claim is None or not (self._dbapi.prefix or b"").startswith(claim.prefix):
+            return None
+        return claim
 
     @contextmanager
     def _claim_answered(self) -> Iterator[None]:
         """Around a statement: if a claim goes with it, the claim's failures as RowHeld and
         RowExists. A lock timeout is the claim's when PostgreSQL's context names its table (the
         statements after it time out only under a server-wide lock_timeout: their own error)."""
-        table, self._claiming = self._claiming, None
-        if table is None:
+        claim = self._unsent_claim()
+        if claim is None:
             yield
             return
         try:
             yield
         except DBAPIError as error:
             code = getattr(error.orig, "pgcode", None)
-            if code == _LOCK_NOT_AVAILABLE and _waited_on(error, table):
+            if code == _LOCK_NOT_AVAILABLE and _waited_on(error, claim.table):
                 raise RowHeld from error
-            if code == _UNIQUE_VIOLATION and _table_of(error) == table:
+            if code == _UNIQUE_VIOLATION and _diagnostic(error, "table_name") == claim.table:
                 raise RowExists from error
             raise
 
@@ -194,7 +203,7 @@ class UnitOfWork:
         if not self._in_transaction:
             raise RuntimeError("execute_with_commit belongs in a transaction")
         self._connection()
-        if not isinstance(self._dbapi, StatementConnection) or self._claiming is not None:
+        if not isinstance(self._dbapi, StatementConnection) or self._unsent_claim() is not None:
             # A claim that no statement has carried yet goes with this one, now: its answer
             # must be known before the COMMIT.
             self.execute(statement, parameters)
@@ -257,16 +266,17 @@ class UnitOfWork:
         self._in_transaction = True
         try:
             yield
-            if self._claiming is not None:
+            if self._unsent_claim() is not None:
                 # No statement of the block carried the claim: it goes on its own, so that it
                 # fails as a claim, not as the COMMIT (which would drop the connection).
                 self.exec_driver_sql("SELECT 1")
         except BaseException:
             self._at_commit = b""
-            if self._claim_prefix is not None and self._dbapi.prefix is self._claim_prefix:
+            claim = self._unsent_claim()
+            if claim is not None:
                 # Never sent (the block raised first, or its statement failed before it went
                 # out): the ROLLBACK goes without it.
-                self._dbapi.prefix = self._before_claim
+                self._dbapi.prefix = claim.before
             self._end("ROLLBACK", raising=False)
             raise
         self._end("COMMIT", raising=True)
@@ -287,7 +297,7 @@ class UnitOfWork:
         finally:
             self._in_transaction = False
             self._at_commit = b""
-            self._claiming = self._claim_prefix = None
+            self._claim = None
             if isinstance(self._dbapi, StatementConnection) and not self._dbapi.closed:
                 self._dbapi.prefix = self._dbapi.then = self._settings
 
@@ -339,14 +349,15 @@ class UnitOfWork:
         conn.close()
 
 
-def _table_of(error: DBAPIError) -> str | None:
-    return getattr(getattr(error.orig, "diag", None), "table_name", None)
+def _diagnostic(error: DBAPIError, field: str) -> str | None:
+    """One of PostgreSQL's fields of the error (psycopg2's `diag`), None without it."""
+    return getattr(getattr(error.orig, "diag", None), field, None)
 
 
 def _waited_on(error: DBAPIError, table: str) -> bool:
     # "while inserting index tuple (0,2) in relation "idempotency_keys_pkey"" (in the server's
     # language): the relation's name is all that is read. No context: nothing to tell it by.
-    context = getattr(getattr(error.orig, "diag", None), "context", None)
+    context = _diagnostic(error, "context")
     return context is None or table in context
 
 
