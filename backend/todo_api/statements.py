@@ -38,12 +38,17 @@ class Prepared(Generic[S]):
     compiled statement's own `construct_params`), timestamps come back in UTC (UtcDateTime's
     rule), and driver errors are raised as SQLAlchemy's (a broken connection invalidated).
     Elsewhere (SQLite) the statement goes through SQLAlchemy as any other.
+
+    `setting`: PostgreSQL settings (`SET LOCAL ...;`) for this statement alone, sent in front of
+    it. Only for a statement that runs on its own, outside a transaction: a SET LOCAL lasts to
+    the end of the transaction, which is then the statement's.
     """
 
-    __slots__ = ("_compiled", "statement", "timestamps")
+    __slots__ = ("_compiled", "setting", "statement", "timestamps")
 
-    def __init__(self, statement: S) -> None:
+    def __init__(self, statement: S, setting: str = "") -> None:
         self.statement = statement
+        self.setting = setting
         self._compiled: dict[tuple[str, frozenset[str]], Compiled] = {}
         columns = getattr(statement, "exported_columns", ())
         # The positions of timestamp columns in its rows (the only type with a result rule).

@@ -223,9 +223,16 @@ class UnitOfWork:
         self, conn: Connection, prepared: Prepared[Any], parameters: Mapping[str, Any]
     ) -> DriverRows:
         compiled = prepared.compiled(self.engine.dialect, parameters)
+        query = compiled.string
+        if prepared.setting:
+            if self._in_transaction:
+                raise RuntimeError(
+                    "a statement with a setting of its own runs outside a transaction"
+                )
+            query = prepared.setting + query
         cursor = self._dbapi.cursor()
         try:
-            cursor.execute(compiled.string, compiled.construct_params(parameters))
+            cursor.execute(query, compiled.construct_params(parameters))
             rows = cursor.fetchall() if cursor.description is not None else []
             rowcount = cursor.rowcount
         except psycopg2.Error as error:
