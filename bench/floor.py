@@ -36,7 +36,10 @@ THREADS = int(os.environ.get("FLOOR_THREADS", "5"))
 COLUMNS = ("id", "user_id", "title", "description", "completed", "created_at", "updated_at")
 # The product's statements, word for word; values are always bound parameters.
 # It fetches limit + 1 rows to know whether more follow.
+# The list reads the owner's index in order, never sorts (see LIST_STATEMENTS in the product's
+# todo_api/tasks/service.py): the same setting, in the same query string.
 LIST_SQL = (
+    "SET LOCAL enable_sort = off;"
     "SELECT id, user_id, title, description, completed, created_at, updated_at FROM tasks "
     "WHERE user_id = %s ORDER BY created_at DESC, id DESC LIMIT %s OFFSET %s"
 )

@@ -54,6 +54,9 @@ class Floor:
     def get(self) -> None:
         floor._rows(floor.GET_SQL, (self.task_id, BENCH_USER))
 
+    def list(self) -> None:
+        floor._rows(floor.LIST_SQL, (BENCH_USER, 51, 0))  # as the floor asks: one more
+
     def create(self) -> None:
         floor._create(BENCH_USER, "Benchmark task")
 
@@ -88,6 +91,13 @@ class Product:
 
     def get(self) -> None:
         self._work(lambda work: service.get_task(work, task_id=self.task_id))
+
+    def list(self) -> None:
+        self._work(
+            lambda work: service.list_tasks(
+                work, status="all", sort="created", order="desc", limit=50, offset=0
+            )
+        )
 
     def create(self) -> None:
         task = TaskCreate(title="Benchmark task")
@@ -133,6 +143,7 @@ def main() -> int:
         base, product = Floor(db.url, seeded.first), Product(db.owner_url, seeded.first)
         pids = {"floor": base.pid(), "product": product.pid(db)}
         shapes = {
+            "list of 50": {"floor": base.list, "product": product.list},
             "get": {"floor": base.get, "product": product.get},
             "create": {"floor": base.create, "product": product.create},
             # The floor ignores the key: it is the same create.
