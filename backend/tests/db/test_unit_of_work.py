@@ -28,7 +28,7 @@ from todo_api.auth import Claims
 from todo_api.db import create_db_engine, normalise_url
 from todo_api.driver import StatementCursor
 from todo_api.idempotency import IdempotencyKeys
-from todo_api.idempotency_table import CLAIM, KEPT, IdempotencyKey
+from todo_api.idempotency_table import CLAIM, KEPT, PURGE, IdempotencyKey
 from todo_api.migrate import migrate
 from todo_api.statements import DriverRows, Prepared
 from todo_api.tasks import service
@@ -107,16 +107,18 @@ def test_prepared_statements_answer_what_sqlalchemy_answers(work: UnitOfWork) ->
 
 
 @pytest.fixture(scope="module")
-def grown_owner(postgres: PostgresServer) -> Iterator[tuple[sa.Engine, sa.Engine]]:
-    """(the app's engine, a plain engine as the app's role) on a database where OWNER's tasks
-    grew thirtyfold after the statistics were taken (autovacuum off, so none are taken again):
-    the planner expects about 50 rows of OWNER's where there are 1,550."""
+def stale_statistics(postgres: PostgresServer) -> Iterator[tuple[sa.Engine, sa.Engine]]:
+    """(the app's engine, a plain engine as the app's role) on a database whose statistics went
+    stale (autovacuum off, so none are taken again): OWNER's tasks grew thirtyfold since, the
+    planner expecting about 50 rows where there are 1,550, and 3,000 live Idempotency-Keys came
+    after the key table's statistics were taken empty."""
     url = postgres.create_database()
     migrate(settings_for(as_app_role(url)))
     admin = sa.create_engine(normalise_url(url), isolation_level="AUTOCOMMIT")
     insert = "INSERT INTO tasks (user_id, title, completed, created_at, updated_at) "
     with admin.connect() as conn:
         conn.execute(sa.text("ALTER TABLE tasks SET (autovacuum_enabled = off)"))
+        conn.execute(sa.text("ALTER TABLE idempotency_keys SET (autovacuum_enabled = off)"))
         conn.execute(
             sa.text(
                 "INSERT INTO users (id) SELECT 'u' || g FROM generate_series(1, 200) g "
@@ -132,11 +134,19 @@ def grown_owner(postgres: PostgresServer) -> Iterator[tuple[sa.Engine, sa.Engine
             ),
             {"owner": OWNER},
         )
-        conn.execute(sa.text("ANALYZE tasks"))
+        conn.execute(sa.text("ANALYZE tasks, idempotency_keys"))
         conn.execute(
             sa.text(
                 insert + "SELECT :owner, 'new', g % 2 = 0, now() + g * interval '1 ms', now() "
                 "FROM generate_series(1, 1500) g"
+            ),
+            {"owner": OWNER},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO idempotency_keys (user_id, key, fingerprint, claim, created_at, "
+                "expires_at) SELECT :owner, 'key-' || g, 'f', 'c', now(), now() + interval '1 day' "
+                "FROM generate_series(1, 3000) g"
             ),
             {"owner": OWNER},
         )
@@ -149,10 +159,23 @@ def grown_owner(postgres: PostgresServer) -> Iterator[tuple[sa.Engine, sa.Engine
     postgres.drop_database(url)
 
 
+def plan_as_sent(plain: sa.Engine, sent: bytes) -> str:
+    """PostgreSQL's plan (run, with actual rows) of a query string as the unit of work sent it:
+    its settings, then its statement."""
+    statement = sent.rfind(b";") + 1  # the settings end with the last semicolon
+    explain = b"EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) " + sent[statement:]
+    with plain.connect() as conn:
+        cursor = conn.connection.dbapi_connection.cursor()
+        cursor.execute(b"BEGIN;" + sent[:statement] + explain)  # the purge deletes nothing
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+        cursor.execute("ROLLBACK")
+    return plan
+
+
 @pytest.mark.parametrize("status", ["all", "pending", "completed"])
 @pytest.mark.parametrize("order", ["desc", "asc"])
 def test_a_page_reads_the_owners_index_in_order_however_stale_the_statistics(
-    grown_owner: tuple[sa.Engine, sa.Engine],
+    stale_statistics: tuple[sa.Engine, sa.Engine],
     monkeypatch: pytest.MonkeyPatch,
     status: TaskStatus,
     order: SortOrder,
@@ -160,22 +183,30 @@ def test_a_page_reads_the_owners_index_in_order_however_stale_the_statistics(
     """A page of 50 reads 51 rows off the owner's index. Expecting no more rows than a page, the
     planner would rather read all of the owner's rows and sort them (1,550 here, and growing with
     every task until the next ANALYZE): the query the unit of work sends, planned as sent."""
-    engine, plain = grown_owner
+    engine, plain = stale_statistics
     with unit_of_work(engine) as work, round_trips(monkeypatch) as sent:
         rows, more = service.list_tasks(
             work, status=status, sort="created", order=order, limit=50, offset=0
         )
     assert len(rows) == 50 and more
     # The list is the last statement (a new engine's first connection asks the server first).
-    settings, _, select = sent[-1].rpartition(b"SELECT ")
-    explain = settings + b"EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) SELECT " + select
-    with plain.connect() as conn:
-        cursor = conn.connection.dbapi_connection.cursor()
-        cursor.execute(explain)
-        plan = "\n".join(row[0] for row in cursor.fetchall())
+    plan = plan_as_sent(plain, sent[-1])
     assert "Sort" not in plan and "Bitmap" not in plan, plan
     scan = next(line for line in plan.splitlines() if "Index Scan" in line)
     assert "ix_tasks_user" in scan and "rows=51 " in scan, plan
+
+
+def test_the_purge_reads_the_expiry_index_however_stale_the_statistics(
+    stale_statistics: tuple[sa.Engine, sa.Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every 8th keyed write purges expired keys. Its statistics taken on an empty table (a new
+    deployment), the planner would read all the keys and sort them to find none expired."""
+    engine, plain = stale_statistics
+    with unit_of_work(engine) as work, round_trips(monkeypatch) as sent:
+        assert work.execute(PURGE["postgresql"], {"now": datetime.now(UTC)}).rowcount == 0
+    plan = plan_as_sent(plain, sent[-1])
+    assert "Sort" not in plan and "Seq Scan on idempotency_keys idempotency_keys_1" not in plan
+    assert "Index Scan using ix_idempotency_keys_expires_at" in plan, plan
 
 
 def test_a_statements_own_setting_ends_with_it(work: UnitOfWork) -> None:
