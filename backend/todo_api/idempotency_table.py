@@ -87,7 +87,7 @@ def _purge(expired: Select[Any], setting: str = "") -> Prepared[Delete]:
 PURGE = {
     # SKIP LOCKED: purges running at the same moment delete different rows, none waits. No sort
     # either: with statistics taken on a smaller table (a new deployment's, growing), the
-    # planner would still read every key and sort them, to find the few expired ones.
+    # planner would read every key and sort them to find the few expired ones.
     "postgresql": _purge(EXPIRED.with_for_update(skip_locked=True), "SET LOCAL enable_sort = off;"),
     "sqlite": _purge(EXPIRED),  # no row locks: its writers take turns
 }

@@ -41,12 +41,15 @@ class Prepared(Generic[S]):
 
     `setting`: PostgreSQL settings (`SET LOCAL ...;`) for this statement alone, sent in front of
     it. Only for a statement that runs on its own, outside a transaction: a SET LOCAL lasts to
-    the end of the transaction, which is then the statement's.
+    the end of the transaction, which is then the statement's. It goes through the driver's
+    parameter formatting with the statement, so it holds no `%`.
     """
 
     __slots__ = ("_compiled", "setting", "statement", "timestamps")
 
     def __init__(self, statement: S, setting: str = "") -> None:
+        if "%" in setting:
+            raise ValueError(f"a statement's setting holds no %: {setting!r}")
         self.statement = statement
         self.setting = setting
         self._compiled: dict[tuple[str, frozenset[str]], Compiled] = {}

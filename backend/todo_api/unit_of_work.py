@@ -96,6 +96,7 @@ class UnitOfWork:
         self, statement: Executable | Prepared[Any], parameters: Mapping[str, Any] | None = None
     ) -> Rows:
         """Run one statement as the owner (in the transaction, inside `transaction()`)."""
+        self._outside_a_transaction_if_set(statement)
         conn = self._connection()
         with self._claim_answered():
             if not isinstance(statement, Prepared):
@@ -118,6 +119,7 @@ class UnitOfWork:
         """
         if not self._in_transaction:
             raise RuntimeError("claim belongs in a transaction")
+        self._outside_a_transaction_if_set(statement)
         if self._claim is not None:
             raise RuntimeError("a transaction holds one claim")
         conn = self._connection()
@@ -135,6 +137,13 @@ class UnitOfWork:
         before = dbapi.prefix
         dbapi.prefix = (before or b"") + self._unless_held(table) + sql + b";" + _WAIT_AGAIN
         self._claim = _Claim(table.name, dbapi.prefix, before)
+
+    def _outside_a_transaction_if_set(self, statement: object) -> None:
+        # A SET LOCAL lasts to the end of the transaction: a statement's own setting is only its
+        # own when the statement is the transaction. Refused everywhere, SQLite included (which
+        # never sends it), so that a misuse fails in every test.
+        if self._in_transaction and isinstance(statement, Prepared) and statement.setting:
+            raise RuntimeError("a statement with a setting of its own runs outside a transaction")
 
     def _unsent_claim(self) -> _Claim | None:
         """The transaction's claim while no statement has carried it: it is still at the start
@@ -181,6 +190,7 @@ class UnitOfWork:
         """
         if not self._in_transaction:
             raise RuntimeError("execute_unless_held belongs in a transaction")
+        self._outside_a_transaction_if_set(statement)
         conn = self._connection()
         dbapi = self._dbapi
         if not isinstance(dbapi, StatementConnection):
@@ -202,6 +212,7 @@ class UnitOfWork:
         COMMIT's). Dropped if the block raises."""
         if not self._in_transaction:
             raise RuntimeError("execute_with_commit belongs in a transaction")
+        self._outside_a_transaction_if_set(statement)
         self._connection()
         if not isinstance(self._dbapi, StatementConnection) or self._unsent_claim() is not None:
             # A claim that no statement has carried yet goes with this one, now: its answer
@@ -225,10 +236,6 @@ class UnitOfWork:
         compiled = prepared.compiled(self.engine.dialect, parameters)
         query = compiled.string
         if prepared.setting:
-            if self._in_transaction:
-                raise RuntimeError(
-                    "a statement with a setting of its own runs outside a transaction"
-                )
             query = prepared.setting + query
         cursor = self._dbapi.cursor()
         try:
