@@ -209,14 +209,16 @@ class BenchDatabase:
     def explain_list(self, user_id: str = BENCH_USER) -> str:
         """EXPLAIN ANALYZE of the SQL the product sends for this user's first page, as the
         product's role with the user set, so that the plan includes the row-level policy."""
-        sql, source = product_list_sql(self.url, user_id)
+        setting, sql, source = product_list_sql(self.url, user_id)
         with _autocommit(self.owner_url) as cur:
             cur.execute("BEGIN")
             cur.execute("SELECT set_config('app.user_id', %s, true)", (user_id,))
+            if setting:
+                cur.execute(setting)
             cur.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql)
             plan = "\n".join(row[0] for row in cur.fetchall())
             cur.execute("ROLLBACK")
-        return f"-- {source}\n{sql}\n\n{plan}"
+        return f"-- {source}\n{setting}\n{sql}\n\n{plan}"
 
     def server_version(self) -> str:
         with self.cursor() as cur:
@@ -229,18 +231,22 @@ _TASKS_INSERT = (
 )
 
 
-# The list query as the issue describes it, for when the product's own cannot be captured.
+# The list query as the issue describes it, for when the product's own cannot be captured, and
+# the setting the product sends with it (todo_api/tasks/service.py).
+_LIST_SETTING = "SET LOCAL enable_sort = off;"
 _LIST_COPY = (
     "SELECT id, user_id, title, description, completed, created_at, updated_at FROM tasks "
     "WHERE user_id = %s ORDER BY created_at DESC, id DESC LIMIT %s OFFSET 0"
 )
 
 
-def product_list_sql(url: str, user_id: str, limit: int = 50) -> tuple[str, str]:
-    """The SQL the product sends for GET /tasks?limit=50, and where it came from.
+def product_list_sql(url: str, user_id: str, limit: int = 50) -> tuple[str, str, str]:
+    """The setting and the SQL the product sends for GET /tasks?limit=50, and where they came
+    from.
 
-    Caught on its way to the driver while the product's public service function runs, so it
-    is whatever the product's code builds today; a hand copy only if that call fails.
+    The SQL is caught on its way to the driver while the product's public service function
+    runs, so it is whatever the product's code builds today (the setting, which only its
+    PostgreSQL driver path sends, is read from the statement); a hand copy only if that fails.
     """
     try:
         from sqlalchemy import create_engine, event
@@ -266,11 +272,17 @@ def product_list_sql(url: str, user_id: str, limit: int = 50) -> tuple[str, str]
         finally:
             work.close()
             engine.dispose()
-        return next(sql for sql in sent if "FROM tasks" in sql), "sent by todo_api.tasks.service"
+        setting = service.LIST_STATEMENTS["all", "created", "desc"].setting
+        sql = next(sql for sql in sent if "FROM tasks" in sql)
+        return setting, sql, "sent by todo_api.tasks.service"
     except Exception as error:  # the product's internals moved: say so, explain the copy
         with _autocommit(url) as cur:
             copy = cur.mogrify(_LIST_COPY, (user_id, limit + 1)).decode()
-        return copy, f"the harness's copy (capturing the product's failed: {error!r})"
+        return (
+            _LIST_SETTING,
+            copy,
+            f"the harness's copy (capturing the product's failed: {error!r})",
+        )
 
 
 @contextmanager
