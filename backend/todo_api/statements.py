@@ -27,6 +27,13 @@ class Rows(Protocol):
 S = TypeVar("S", bound=Executable, covariant=True)
 DML = Insert | Update | Delete
 
+# A Prepared's setting for a statement that must read an index in its order, whatever the
+# planner's statistics say. Expecting few rows (statistics taken when the table, or the owner's
+# share of it, was smaller), PostgreSQL would rather read every matching row and sort them than
+# stop after the LIMIT. It has no hints: disabling sorts, for this statement only, is the
+# narrowest way to tell it.
+IN_INDEX_ORDER = "SET LOCAL enable_sort = off;"
+
 
 class Prepared(Generic[S]):
     """A statement built once, at import, and compiled once per dialect.

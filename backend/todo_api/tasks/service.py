@@ -40,7 +40,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from todo_api.conditional import PreconditionFailed, Version
 from todo_api.db import UtcDateTime, utcnow
-from todo_api.statements import Prepared, Rows
+from todo_api.statements import IN_INDEX_ORDER, Prepared, Rows
 from todo_api.tasks.models import SortOrder, Task, TaskCreate, TaskSort, TaskStatus, User
 from todo_api.unit_of_work import UnitOfWork
 
@@ -96,13 +96,11 @@ def _list_statement(status: TaskStatus, sort: TaskSort, order: SortOrder) -> Sel
 
 
 # A page by creation time is read off the owner's index in order: limit + 1 rows, however many
-# the owner has. PostgreSQL would rather read all of the owner's rows and sort them whenever its
-# statistics expect no more than a page (a new user, or one whose tasks grew since the last
-# ANALYZE), and every page then costs all of the owner's rows: in the benchmark's mixed scenario
-# (creates between the lists) PostgreSQL's CPU per request was three times what it is with this.
-# Sorting is only disabled where an index gives the order; there is no other way to tell the
-# planner (PostgreSQL has no hints), and the setting lasts for this statement only.
-_IN_INDEX_ORDER = {"created": "SET LOCAL enable_sort = off;", "updated": "", "title": ""}
+# the owner has. Without IN_INDEX_ORDER, when the statistics expect no more than a page (a new
+# user, or one whose tasks grew since the last ANALYZE), every page costs all of the owner's rows:
+# in the benchmark's mixed scenario (creates between the lists) PostgreSQL's CPU per request was
+# three times what it is with it. Only where an index gives the order.
+_IN_INDEX_ORDER = {"created": IN_INDEX_ORDER, "updated": "", "title": ""}
 
 # Every statement is built once, at import, with bound parameters: building a SQLAlchemy
 # statement costs more CPU than PostgreSQL spends running it.
